@@ -1,0 +1,1 @@
+"""Benchmarks: each module defines ``register(sub)`` adding ``python -m core bench <name>``."""

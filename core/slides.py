@@ -1,0 +1,343 @@
+"""One ``Slide`` interface over every format OpenSlide reads and over plain PNG/JPEG images.
+
+Plain images (TMA cores, UBC-OCEAN's PNG exports) are converted once into a cached pyramidal tiled TIFF
+(see ``core.pyramid``) and then read through OpenSlide like any other slide, so regions, thumbnails and
+Deep Zoom tiles behave identically for every format. This is the only module that opens slides.
+
+Coordinate planes follow openslide's naming: ``l0_`` level-0 pixels, ``l_`` pixels of a given level.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Mapping
+
+import openslide
+from openslide.deepzoom import DeepZoomGenerator
+from PIL import Image
+
+from core.errors import SlideError
+
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SLIDE_SUFFIXES = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
+    *PLAIN_IMAGE_SUFFIXES,
+)
+DZ_TILE_SIZE = 254
+DZ_OVERLAP = 1
+ProgressFn = Callable[[float, str], None]
+
+
+class Slide:
+    """An open slide. Use ``open_slide`` (or a ``SlideCache``) to get one; thread-safe for reads."""
+
+    def __init__(self, path: Path, osr: openslide.OpenSlide, *, mpp_override: float | None = None,
+                 source_path: Path | None = None) -> None:
+        self.path = Path(source_path or path)  # what the user gave us
+        self.read_path = Path(path)  # what OpenSlide reads (the cached pyramid for plain images)
+        self._osr = osr
+        self._mpp_override = mpp_override
+        self._dz: dict[tuple[int, int, bool], DeepZoomGenerator] = {}
+        self._lock = threading.Lock()
+
+    # --- metadata -------------------------------------------------------------------------
+    @property
+    def image_id(self) -> str:
+        return image_id_for(self.path)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        return self._osr.dimensions
+
+    @property
+    def level_count(self) -> int:
+        return self._osr.level_count
+
+    @property
+    def level_dimensions(self) -> tuple[tuple[int, int], ...]:
+        return self._osr.level_dimensions
+
+    @property
+    def level_downsamples(self) -> tuple[float, ...]:
+        return self._osr.level_downsamples
+
+    @property
+    def properties(self) -> Mapping[str, str]:
+        return self._osr.properties
+
+    @property
+    def file_mpp(self) -> float | None:
+        """Microns per pixel recorded in the file (mean of x and y), or None."""
+        props = self._osr.properties
+        try:
+            mx = float(props[openslide.PROPERTY_NAME_MPP_X])
+            my = float(props.get(openslide.PROPERTY_NAME_MPP_Y, mx))
+        except (KeyError, ValueError):
+            return None
+        if not (math.isfinite(mx) and mx > 0):
+            return None
+        return (mx + my) / 2 if math.isfinite(my) and my > 0 else mx
+
+    @property
+    def mpp(self) -> float | None:
+        """Microns per pixel: the per-slide override if set, else the file's value, else None."""
+        return self._mpp_override if self._mpp_override is not None else self.file_mpp
+
+    def mpp_or(self, default: float | None) -> float | None:
+        """``mpp`` falling back to a configured default for files that carry none."""
+        return self.mpp if self.mpp is not None else default
+
+    @property
+    def objective_power(self) -> float | None:
+        raw = self._osr.properties.get(openslide.PROPERTY_NAME_OBJECTIVE_POWER)
+        try:
+            return float(raw) if raw is not None else None
+        except ValueError:
+            return None
+
+    @property
+    def vendor(self) -> str:
+        if self.path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+            return "image"
+        return self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
+
+    @property
+    def associated_image_names(self) -> list[str]:
+        return sorted(self._osr.associated_images.keys())
+
+    def associated_image(self, name: str) -> Image.Image:
+        try:
+            return self._osr.associated_images[name].convert("RGB")
+        except KeyError:
+            raise SlideError(self.path, f"no associated image {name!r}") from None
+
+    def info(self) -> dict:
+        """A JSON-ready summary (what ``python -m core info`` prints)."""
+        return {
+            "path": str(self.path),
+            "image_id": self.image_id,
+            "width": self.dimensions[0],
+            "height": self.dimensions[1],
+            "level_count": self.level_count,
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": [round(d, 4) for d in self.level_downsamples],
+            "mpp": self.mpp,
+            "objective_power": self.objective_power,
+            "vendor": self.vendor,
+            "associated_images": self.associated_image_names,
+        }
+
+    # --- pixels -----------------------------------------------------------------------------
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except openslide.OpenSlideError as exc:
+            raise SlideError(self.path, f"corrupt or truncated slide data ({exc})") from exc
+
+    def read_region(self, l0_location: tuple[int, int], level: int, l_size: tuple[int, int]) -> Image.Image:
+        """RGB region of ``l_size`` pixels at ``level``, whose top-left is ``l0_location`` in level-0 pixels.
+
+        Transparent (out-of-bounds or unscanned) pixels come back white, as on glass.
+        """
+        if not 0 <= level < self.level_count:
+            raise SlideError(self.path, f"level {level} out of range 0..{self.level_count - 1}")
+        rgba = self._guard(self._osr.read_region, tuple(int(v) for v in l0_location), level,
+                           tuple(int(v) for v in l_size))
+        return _rgba_to_rgb(rgba)
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        # a small tolerance so that a level at 3.9999x is used for a 4x request
+        return int(self._osr.get_best_level_for_downsample(downsample * 1.001))
+
+    def read_region_mpp(self, l0_location: tuple[int, int], size: tuple[int, int], mpp: float,
+                        default_mpp: float | None = None) -> Image.Image:
+        """Region of ``size`` pixels at ``mpp`` microns per pixel, top-left at ``l0_location``.
+
+        Reads from the best pyramid level and resizes, so the physical size is ``size * mpp`` microns.
+        """
+        base = self.mpp_or(default_mpp)
+        if base is None:
+            raise SlideError(self.path, "no mpp in the file; set one for this slide or a default_mpp")
+        downsample = mpp / base
+        l0_w, l0_h = size[0] * downsample, size[1] * downsample
+        level = self.best_level_for_downsample(downsample)
+        ds = self.level_downsamples[level]
+        l_w, l_h = max(1, round(l0_w / ds)), max(1, round(l0_h / ds))
+        img = self.read_region(l0_location, level, (l_w, l_h))
+        if (l_w, l_h) != tuple(size):
+            img = img.resize(tuple(size), Image.Resampling.BILINEAR if downsample < ds * 1.5 else Image.Resampling.BOX)
+        return img
+
+    def thumbnail(self, max_size: int | tuple[int, int] = 1024) -> Image.Image:
+        """RGB thumbnail whose longest side fits ``max_size`` (aspect ratio kept)."""
+        if isinstance(max_size, int):
+            max_size = (max_size, max_size)
+        return _rgba_to_rgb(self._guard(self._osr.get_thumbnail, max_size))
+
+    def thumbnail_with_downsample(self, max_size: int = 1024) -> tuple[Image.Image, float]:
+        """Thumbnail plus the level-0 pixels per thumbnail pixel (exact along x)."""
+        img = self.thumbnail(max_size)
+        return img, self.dimensions[0] / img.size[0]
+
+    # --- Deep Zoom --------------------------------------------------------------------------
+    def deepzoom(self, tile_size: int = DZ_TILE_SIZE, overlap: int = DZ_OVERLAP,
+                 limit_bounds: bool = False) -> DeepZoomGenerator:
+        """A cached Deep Zoom generator. ``limit_bounds=False`` keeps DZ pixel (0,0) at level-0 (0,0)."""
+        key = (tile_size, overlap, limit_bounds)
+        with self._lock:
+            if key not in self._dz:
+                self._dz[key] = DeepZoomGenerator(self._osr, tile_size=tile_size, overlap=overlap,
+                                                  limit_bounds=limit_bounds)
+            return self._dz[key]
+
+    def deepzoom_tile(self, dz_level: int, col: int, row: int, tile_size: int = DZ_TILE_SIZE,
+                      overlap: int = DZ_OVERLAP) -> Image.Image:
+        """One Deep Zoom tile as RGB; raises ``SlideError`` for an index out of range."""
+        dz = self.deepzoom(tile_size, overlap)
+        if not 0 <= dz_level < dz.level_count:
+            raise SlideError(self.path, f"Deep Zoom level {dz_level} out of range 0..{dz.level_count - 1}")
+        cols, rows = dz.level_tiles[dz_level]
+        if not (0 <= col < cols and 0 <= row < rows):
+            raise SlideError(self.path, f"tile {col},{row} out of range at level {dz_level} ({cols}x{rows})")
+        return _rgba_to_rgb(self._guard(dz.get_tile, dz_level, (col, row)))
+
+    def close(self) -> None:
+        self._osr.close()
+
+
+def image_id_for(path: str | Path) -> str:
+    """The id a slide is known by: its file name without extension (DICOM: the folder name)."""
+    path = Path(path)
+    if path.suffix.lower() == ".dcm":
+        return path.parent.name
+    return path.stem
+
+
+def _rgba_to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode != "RGBA":
+        return img.convert("RGB")
+    bg = Image.new("RGB", img.size, (255, 255, 255))
+    bg.paste(img, mask=img.getchannel("A"))
+    return bg
+
+
+def _check_path(path: Path) -> None:
+    if not path.exists():
+        raise SlideError(path, "file not found")
+    if path.is_dir():
+        raise SlideError(path, "is a directory, not a slide file")
+    if path.stat().st_size == 0:
+        raise SlideError(path, "file is empty")
+
+
+def _validate(slide: Slide) -> None:
+    """Read a little from the smallest level so truncated files fail at open, not mid-review."""
+    level = slide.level_count - 1
+    w, h = slide.level_dimensions[level]
+    if w * h <= 4_000_000:
+        slide.read_region((0, 0), level, (w, h))
+    else:
+        ds = slide.level_downsamples[level]
+        for fx, fy in ((0, 0), (1, 1), (0, 1), (1, 0)):
+            x, y = int(fx * (w - 256) * ds), int(fy * (h - 256) * ds)
+            slide.read_region((max(0, x), max(0, y)), level, (min(w, 256), min(h, 256)))
+
+
+def open_slide(path: str | Path, *, mpp: float | None = None, cache_dir: str | Path | None = None,
+               progress: ProgressFn | None = None, validate: bool = True) -> Slide:
+    """Open any supported slide, raising ``SlideError`` with a one-line reason on failure.
+
+    ``mpp`` overrides the file's value. Plain PNG/JPEG images are converted once into a pyramid under
+    ``cache_dir`` (default: ``data/.cache``); ``progress(fraction, message)`` reports that conversion.
+    """
+    path = Path(path)
+    _check_path(path)
+    read_path = path
+    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+        from core.pyramid import ensure_pyramid
+
+        read_path = ensure_pyramid(path, Path(cache_dir) if cache_dir else Path("data/.cache"), progress)
+    else:
+        try:
+            fmt = openslide.OpenSlide.detect_format(str(path))
+        except openslide.OpenSlideError as exc:
+            raise SlideError(path, f"corrupt or truncated slide ({exc})") from exc
+        if fmt is None:
+            raise SlideError(path, "unsupported format: not a slide OpenSlide can read, nor a PNG/JPEG image")
+    try:
+        osr = openslide.OpenSlide(str(read_path))
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        raise SlideError(path, "unsupported format: not a slide OpenSlide can read") from exc
+    except openslide.OpenSlideError as exc:
+        raise SlideError(path, f"corrupt or truncated slide ({exc})") from exc
+    except (OSError, ValueError) as exc:
+        raise SlideError(path, f"cannot open ({exc})") from exc
+    if mpp is not None and not (mpp > 0):
+        raise SlideError(path, f"invalid mpp override {mpp}")
+    slide = Slide(read_path, osr, mpp_override=mpp, source_path=path)
+    if validate:
+        try:
+            _validate(slide)
+        except SlideError:
+            slide.close()
+            raise
+    return slide
+
+
+class SlideCache:
+    """An LRU of open slides keyed by (path, mpp override), safe across threads (tile server, pages)."""
+
+    def __init__(self, maxsize: int = 32, cache_dir: str | Path | None = None) -> None:
+        self.maxsize = maxsize
+        self.cache_dir = cache_dir
+        self._slides: OrderedDict[tuple[str, float | None], Slide] = OrderedDict()
+        self._lock = threading.Lock()
+        self._opening: dict[tuple[str, float | None], threading.Lock] = {}
+
+    def get(self, path: str | Path, mpp: float | None = None) -> Slide:
+        key = (str(Path(path).resolve()), mpp)
+        with self._lock:
+            if key in self._slides:
+                self._slides.move_to_end(key)
+                return self._slides[key]
+            open_lock = self._opening.setdefault(key, threading.Lock())
+        with open_lock:  # one opener per slide; others wait and then share the handle
+            with self._lock:
+                if key in self._slides:
+                    return self._slides[key]
+            slide = open_slide(path, mpp=mpp, cache_dir=self.cache_dir)
+            with self._lock:
+                self._slides[key] = slide
+                self._opening.pop(key, None)
+                # evicted handles are not closed: another thread may still be reading them; GC closes them
+                while len(self._slides) > self.maxsize:
+                    self._slides.popitem(last=False)
+            return slide
+
+    def clear(self) -> None:
+        with self._lock:
+            self._slides.clear()
+
+    def __len__(self) -> int:
+        return len(self._slides)
+
+
+def find_slides(root: str | Path) -> dict[str, Path]:
+    """Map image_id -> path for every slide file under ``root`` (one file per DICOM folder)."""
+    root = Path(root)
+    found: dict[str, Path] = {}
+    if not root.is_dir():
+        return found
+    for p in sorted(root.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES or p.name.startswith("."):
+            continue
+        image_id = image_id_for(p)
+        if p.suffix.lower() == ".dcm" and image_id in found:
+            continue
+        found.setdefault(image_id, p)
+    return found
