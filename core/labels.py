@@ -6,9 +6,9 @@ Rows with ``is_outlier`` true or an ``exclude`` flag are kept in the table but l
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import pandas as pd
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import openslide
 from openslide.deepzoom import DeepZoomGenerator
@@ -202,10 +202,24 @@ class Slide:
         cols, rows = dz.level_tiles[dz_level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise SlideError(self.path, f"tile {col},{row} out of range at level {dz_level} ({cols}x{rows})")
-        return _rgba_to_rgb(self._guard(dz.get_tile, dz_level, (col, row)))
+        tile = _rgba_to_rgb(self._guard(dz.get_tile, dz_level, (col, row)))
+        expected = dz_tile_size(dz.level_dimensions[dz_level], col, row, tile_size, overlap)
+        if tile.size != expected:  # openslide's aspect-preserving thumbnail can drop a pixel on tiny levels
+            tile = tile.resize(expected, Image.Resampling.BILINEAR)
+        return tile
 
     def close(self) -> None:
         self._osr.close()
+
+
+def dz_tile_size(level_dims: tuple[int, int], col: int, row: int, tile_size: int = DZ_TILE_SIZE,
+                 overlap: int = DZ_OVERLAP) -> tuple[int, int]:
+    """Pixel size of Deep Zoom tile (col, row) on a level of ``level_dims`` (overlap only on inner edges)."""
+    def one(n: int, i: int) -> int:
+        start = i * tile_size - (overlap if i > 0 else 0)
+        return min(n, (i + 1) * tile_size + overlap) - start
+
+    return one(level_dims[0], col), one(level_dims[1], row)
 
 
 def image_id_for(path: str | Path) -> str:
