@@ -1,0 +1,504 @@
+"""The review database: label state, flags, notes, an append-only audit log, model versions and predictions.
+
+Any SQLAlchemy URL works (SQLite by default, PostgreSQL via psycopg). Every edit names its reviewer and the slide
+version it was based on; an edit based on a stale version is refused with ``ConflictError`` showing the change that
+got there first. The label state is a cache of the audit log: ``derive_state_from_audit()`` replays it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+
+from core import store_schema as S
+from core.errors import InputError, SlideLensError
+from core.labels import LabelTable, read_labels
+
+FLAGS = ("outlier", "exclude", "second_opinion")
+FIELDS = ("label", *FLAGS, "note")
+OTHER = "Other"
+MAX_NOTE = 5000
+_COLUMN = {"label": "label", "outlier": "outlier", "exclude": "excluded", "second_opinion": "second_opinion",
+           "note": "note"}
+
+
+class ConflictError(SlideLensError):
+    """An edit was based on a stale version of the slide: someone else changed it first."""
+
+
+@dataclass(frozen=True)
+class SlideState:
+    """The current review state of one slide; ``version`` counts its audit rows."""
+
+    image_id: str
+    label: str | None
+    outlier: bool = False
+    exclude: bool = False
+    second_opinion: bool = False
+    note: str = ""
+    version: int = 0
+    updated_at: str | None = None
+    updated_by: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    """One change of one field of one slide."""
+
+    id: int
+    image_id: str
+    field: str
+    old_value: str | None
+    new_value: str | None
+    reviewer: str
+    at: str
+    reason: str
+    model_version: str | None
+    state_version: int
+
+    def describe(self) -> str:
+        """'alice changed label 'A' -> 'B' at <time> (reason)' in one line."""
+        why = f" ({self.reason})" if self.reason else ""
+        when = self.at[:19].replace("T", " ") + " UTC"
+        return f"{self.reviewer} changed {self.field} {self.old_value!r} -> {self.new_value!r} at {when}{why}"
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    """What ``sync_slides`` did: slides added, labels imported, and file labels that differ from the database."""
+
+    added: int
+    labelled: int
+    existing: int
+    differing: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        s = f"{self.added} slide(s) added ({self.labelled} with a label), {self.existing} already in the database"
+        if self.differing:
+            s += (f"; {len(self.differing)} label(s) in the file differ from the first import and were not applied "
+                  f"(edit them in the review page): {', '.join(self.differing[:5])}")
+        return s
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _enc(field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if field in FLAGS:
+        return "1" if value else "0"
+    return str(value)
+
+
+def _dec(field: str, value: str | None) -> Any:
+    if field in FLAGS:
+        return value == "1"
+    if field == "note":
+        return value or ""
+    return value
+
+
+def _reviewer(name: str | None) -> str:
+    name = (name or "").strip()
+    if not name:
+        raise InputError("a reviewer name is required before any edit (enter your name first)")
+    if len(name) > 255:
+        raise InputError("reviewer name is longer than 255 characters")
+    return name
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password hidden, for messages and manifests."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - a malformed URL is reported by open_store
+        return url
+
+
+class Store:
+    """The review database behind one SQLAlchemy engine (thread-safe; one per process is enough)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.url = engine.url.render_as_string(hide_password=True)
+
+    # -- transactions -----------------------------------------------------------------------------------------
+    def _write(self) -> Any:
+        """A write transaction; on SQLite it takes the write lock at BEGIN so concurrent editors queue up."""
+        conn = self.engine.connect()
+        if self.engine.dialect.name == "sqlite":
+            conn = conn.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+        return _Txn(conn)
+
+    def _read(self) -> Any:
+        conn = self.engine.connect()
+        if self.engine.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for multi-table reads
+        return _Txn(conn)
+
+    # -- settings ---------------------------------------------------------------------------------------------
+    def classes(self) -> tuple[str, ...]:
+        """The cohort's classes as imported (relabels may use these and 'Other')."""
+        with self._read() as conn:
+            v = conn.execute(select(S.meta.c.value).where(S.meta.c.name == "classes")).scalar()
+        return tuple(json.loads(v)) if v else ()
+
+    def set_classes(self, classes: Iterable[str]) -> None:
+        """Record the class list (done by ``sync_slides``; call it when the cohort's classes change)."""
+        with self._write() as conn:
+            _put_meta(conn, "classes", json.dumps(sorted(set(classes) - {OTHER})))
+
+    # -- import -----------------------------------------------------------------------------------------------
+    def sync_slides(self, cohort_or_ids: Any, labels_table: LabelTable | None = None,
+                    reviewer: str = "import") -> SyncReport:
+        """Add slides not yet in the database with their imported label state (audit reason 'import'); all or nothing.
+
+        ``cohort_or_ids``: a ``Cohort`` (its slides; its labels file unless ``labels_table`` is given) or image ids.
+        Slides already present keep their reviewed state; a file label that differs is reported, never applied.
+        """
+        if hasattr(cohort_or_ids, "slide_paths"):
+            ids = list(cohort_or_ids.slide_paths)
+            if labels_table is None and cohort_or_ids.labels is not None and Path(cohort_or_ids.labels).is_file():
+                labels_table = read_labels(cohort_or_ids.labels, slide_ids=ids)
+        else:
+            ids = [str(i) for i in cohort_or_ids]
+        rows: dict[str, dict[str, Any]] = {i: {} for i in ids}
+        if labels_table is not None:
+            df = labels_table.df
+            orphan = sorted(set(df["image_id"]) - set(ids))
+            if orphan:
+                src = labels_table.path or "labels"
+                raise InputError(f"{src}: {len(orphan)} id(s) with no slide: {', '.join(orphan[:5])}"
+                                 f"{' ...' if len(orphan) > 5 else ''}; nothing imported")
+            for rec in df.to_dict("records"):
+                r = rows[rec["image_id"]]
+                if rec.get("label"):
+                    r["label"] = rec["label"]
+                for col, flag in (("is_outlier", "outlier"), ("exclude", "exclude"), ("second_opinion",
+                                                                                      "second_opinion")):
+                    if col in rec and str(rec[col]).strip().lower() in {"1", "true", "yes", "y", "t"}:
+                        r[flag] = True
+                if str(rec.get("note", "") or "").strip():
+                    r["note"] = str(rec["note"])[:MAX_NOTE]
+        at = now_iso()
+        added = labelled = 0
+        differing: list[str] = []
+        with self._write() as conn:
+            if labels_table is not None:
+                old = json.loads(conn.execute(select(S.meta.c.value).where(S.meta.c.name == "classes")).scalar()
+                                 or "[]")
+                _put_meta(conn, "classes", json.dumps(sorted((set(old) | set(labels_table.classes)) - {OTHER})))
+            known = dict(conn.execute(select(S.slides.c.image_id, S.slides.c.source_label)).all())
+            for image_id, r in rows.items():
+                if image_id in known:
+                    if "label" in r and known[image_id] is not None and r["label"] != known[image_id]:
+                        differing.append(image_id)
+                    continue
+                added += 1
+                labelled += "label" in r
+                conn.execute(insert(S.slides).values(image_id=image_id, source_label=r.get("label"), added_at=at))
+                version = 0
+                audit = []
+                for f in FIELDS:
+                    if f in r:
+                        version += 1
+                        audit.append(dict(image_id=image_id, field=f, old_value=None, new_value=_enc(f, r[f]),
+                                          reviewer=reviewer, changed_at=at, reason="import", state_version=version))
+                conn.execute(insert(S.label_state).values(
+                    image_id=image_id, label=r.get("label"), outlier=bool(r.get("outlier")),
+                    excluded=bool(r.get("exclude")), second_opinion=bool(r.get("second_opinion")),
+                    note=r.get("note", ""), version=version, updated_at=at if audit else None,
+                    updated_by=reviewer if audit else None))
+                if audit:
+                    conn.execute(insert(S.audit_log), audit)
+        return SyncReport(added, labelled, len(rows) - added, tuple(differing))
+
+    # -- edits ------------------------------------------------------------------------------------------------
+    def edit(self, image_id: str, changes: Mapping[str, Any], reviewer: str | None, reason: str,
+             based_on_version: int, model_version: str | None = None) -> SlideState:
+        """Apply several field changes atomically (one audit row each); refused if the slide moved past the version."""
+        who = _reviewer(reviewer)
+        bad = [f for f in changes if f not in FIELDS]
+        if bad:
+            raise InputError(f"unknown field(s) {', '.join(bad)} (known: {', '.join(FIELDS)})")
+        if "label" in changes:
+            self._check_label(changes["label"])
+        if "note" in changes and len(str(changes["note"] or "")) > MAX_NOTE:
+            raise InputError(f"note is longer than {MAX_NOTE} characters")
+        reason = " ".join(str(reason or "").split())
+        at = now_iso()
+        with self._write() as conn:
+            cur = _state(conn, image_id)
+            if cur is None:
+                raise InputError(f"slide {image_id!r} is not in the review database")
+            if cur.version != int(based_on_version):
+                raise ConflictError(self._conflict_message(conn, cur, int(based_on_version)))
+            version = cur.version
+            values: dict[str, Any] = {}
+            audit = []
+            for f, new in changes.items():
+                new = str(new or "") if f == "note" else (bool(new) if f in FLAGS else new)
+                version += 1
+                audit.append(dict(image_id=image_id, field=f, old_value=_enc(f, getattr(cur, f)),
+                                  new_value=_enc(f, new), reviewer=who, changed_at=at, reason=reason,
+                                  model_version=model_version, state_version=version))
+                values[_COLUMN[f]] = new
+            if not audit:
+                return cur
+            res = conn.execute(update(S.label_state)
+                               .where(S.label_state.c.image_id == image_id, S.label_state.c.version == cur.version)
+                               .values(**values, version=version, updated_at=at, updated_by=who))
+            if res.rowcount != 1:  # another writer slipped in between (PostgreSQL read committed)
+                raise ConflictError(self._conflict_message(conn, _state(conn, image_id) or cur,
+                                                           int(based_on_version)))
+            try:
+                conn.execute(insert(S.audit_log), audit)
+            except IntegrityError as exc:
+                raise ConflictError(f"slide {image_id!r} was changed by someone else at the same moment; "
+                                    "reload and try again") from exc
+            return _state(conn, image_id) or cur
+
+    def set_label(self, image_id: str, new_label: str, reviewer: str | None, reason: str, based_on_version: int,
+                  model_version: str | None = None) -> SlideState:
+        """Set (or confirm, if unchanged) the slide's label; the class must be known or 'Other'."""
+        return self.edit(image_id, {"label": new_label}, reviewer, reason, based_on_version, model_version)
+
+    def set_flag(self, image_id: str, flag: str, value: bool, reviewer: str | None, reason: str,
+                 based_on_version: int, model_version: str | None = None) -> SlideState:
+        """Set a flag: 'outlier', 'exclude' or 'second_opinion'."""
+        if flag not in FLAGS:
+            raise InputError(f"unknown flag {flag!r} (known: {', '.join(FLAGS)})")
+        return self.edit(image_id, {flag: bool(value)}, reviewer, reason, based_on_version, model_version)
+
+    def set_note(self, image_id: str, note: str, reviewer: str | None, reason: str, based_on_version: int,
+                 model_version: str | None = None) -> SlideState:
+        """Replace the slide's free-text note (stored and shown as plain text)."""
+        return self.edit(image_id, {"note": note}, reviewer, reason, based_on_version, model_version)
+
+    def _check_label(self, label: Any) -> None:
+        classes = self.classes()
+        if not isinstance(label, str) or not label.strip():
+            raise InputError("a label must be a non-empty class name")
+        if classes and label not in classes and label != OTHER:
+            raise InputError(f"unknown class {label!r} (known: {', '.join(classes)}, {OTHER})")
+
+    def _conflict_message(self, conn: Connection, cur: SlideState, based_on: int) -> str:
+        rows = conn.execute(select(S.audit_log).where(S.audit_log.c.image_id == cur.image_id,
+                                                      S.audit_log.c.state_version > based_on)
+                            .order_by(S.audit_log.c.id)).mappings().all()
+        changes = "; ".join(_audit(r).describe() for r in rows[-3:]) or "its version changed"
+        return (f"slide {cur.image_id!r} was changed since you loaded it (your version {based_on}, now "
+                f"{cur.version}): {changes}. Your edit was not saved; review the new state and try again.")
+
+    # -- reading ----------------------------------------------------------------------------------------------
+    def state(self, image_id: str) -> SlideState:
+        """The current state of one slide (``InputError`` if it was never imported)."""
+        with self._read() as conn:
+            st = _state(conn, image_id)
+        if st is None:
+            raise InputError(f"slide {image_id!r} is not in the review database")
+        return st
+
+    def states(self) -> dict[str, SlideState]:
+        """Every slide's current state."""
+        with self._read() as conn:
+            return {r["image_id"]: _row_state(r) for r in conn.execute(select(S.label_state)).mappings()}
+
+    def state_table(self) -> pd.DataFrame:
+        """The states as a table (one row per slide)."""
+        rows = [asdict(s) for s in self.states().values()]
+        return pd.DataFrame(rows, columns=[f for f in SlideState.__dataclass_fields__])
+
+    def history(self, image_id: str | None = None, limit: int | None = None) -> list[AuditRow]:
+        """The audit rows of one slide (or all), oldest first."""
+        q = select(S.audit_log).order_by(S.audit_log.c.id)
+        if image_id is not None:
+            q = q.where(S.audit_log.c.image_id == image_id)
+        with self._read() as conn:
+            rows = [_audit(r) for r in conn.execute(q).mappings()]
+        return rows[-limit:] if limit else rows
+
+    def snapshot(self) -> tuple[dict[str, SlideState], int, dict[str, int]]:
+        """States, the audit log's last id and edits per reviewer, read from one consistent snapshot."""
+        with self._read() as conn:
+            states = {r["image_id"]: _row_state(r) for r in conn.execute(select(S.label_state)).mappings()}
+            max_id = int(conn.execute(select(func.max(S.audit_log.c.id))).scalar() or 0)
+            counts = dict(conn.execute(select(S.audit_log.c.reviewer, func.count())
+                                       .where(S.audit_log.c.reason != "import")
+                                       .group_by(S.audit_log.c.reviewer)).all())
+        return states, max_id, {k: int(v) for k, v in counts.items()}
+
+    def derive_state_from_audit(self, up_to_id: int | None = None) -> dict[str, SlideState]:
+        """Replay the audit log (optionally up to an id) into slide states; equals ``states()`` when complete."""
+        q = select(S.audit_log).order_by(S.audit_log.c.id)
+        if up_to_id is not None:
+            q = q.where(S.audit_log.c.id <= up_to_id)
+        with self._read() as conn:
+            ids = conn.execute(select(S.slides.c.image_id)).scalars().all()
+            out: dict[str, dict[str, Any]] = {i: {"image_id": i, "label": None} for i in ids}
+            for r in conn.execute(q).mappings():
+                st = out.setdefault(r["image_id"], {"image_id": r["image_id"], "label": None})
+                st[r["field"]] = _dec(r["field"], r["new_value"])
+                st["version"] = int(r["state_version"])
+                st["updated_at"], st["updated_by"] = r["changed_at"], r["reviewer"]
+        return {k: SlideState(**v) for k, v in out.items()}
+
+    # -- models and predictions -------------------------------------------------------------------------------
+    def register_model_version(self, meta: Mapping[str, Any]) -> None:
+        """Record a model version from its model.json content (idempotent: re-registering updates it)."""
+        version = str(meta.get("version") or "")
+        if not version:
+            raise InputError("model metadata has no 'version'")
+        row = dict(model=str(meta.get("model", "")), classes=json.dumps(list(meta.get("classes", []))),
+                   created=meta.get("created"), meta=json.dumps(dict(meta), default=str), registered_at=now_iso())
+        with self._write() as conn:
+            exists = conn.execute(select(S.model_versions.c.version)
+                                  .where(S.model_versions.c.version == version)).first()
+            if exists:
+                conn.execute(update(S.model_versions).where(S.model_versions.c.version == version).values(**row))
+            else:
+                conn.execute(insert(S.model_versions).values(version=version, **row))
+
+    def model_versions(self) -> list[dict[str, Any]]:
+        """Registered model versions, oldest first (each is its model.json content)."""
+        with self._read() as conn:
+            rows = conn.execute(select(S.model_versions).order_by(S.model_versions.c.version)).mappings().all()
+        return [json.loads(r["meta"]) for r in rows]
+
+    def record_predictions(self, version: str, df: pd.DataFrame) -> int:
+        """Store a predictions table (image_id, pred, prob_<class>..., ood_score) for a model version."""
+        if "image_id" not in df.columns:
+            raise InputError(f"predictions for {version}: no image_id column")
+        probs = [c for c in df.columns if c.startswith("prob_")]
+        rows = [dict(model_version=version, image_id=str(r["image_id"]), pred=None if pd.isna(r.get("pred"))
+                     else str(r.get("pred")), probs=json.dumps({c[5:]: float(r[c]) for c in probs}),
+                     ood_score=None if "ood_score" not in df.columns or pd.isna(r["ood_score"])
+                     else float(r["ood_score"])) for r in df.to_dict("records")]
+        with self._write() as conn:
+            conn.execute(S.predictions.delete().where(S.predictions.c.model_version == version))
+            if rows:
+                conn.execute(insert(S.predictions), rows)
+        return len(rows)
+
+    def predictions(self, version: str) -> pd.DataFrame:
+        """A stored predictions table in the predictions.csv layout."""
+        with self._read() as conn:
+            rows = conn.execute(select(S.predictions).where(S.predictions.c.model_version == version)).mappings().all()
+        recs = [{"image_id": r["image_id"], "pred": r["pred"],
+                 **{f"prob_{k}": v for k, v in json.loads(r["probs"]).items()}, "ood_score": r["ood_score"]}
+                for r in rows]
+        return pd.DataFrame(recs)
+
+
+class _Txn:
+    """Context manager: a connection inside one transaction, committed on success, closed always."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> Connection:
+        self.tx = self.conn.begin()
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self.tx.commit()
+            else:
+                self.tx.rollback()
+        finally:
+            self.conn.close()
+        if isinstance(exc, OperationalError):
+            raise InputError(f"database error: {str(exc.orig).splitlines()[0]}") from exc
+
+
+def _put_meta(conn: Connection, name: str, value: str) -> None:
+    if conn.execute(select(S.meta.c.name).where(S.meta.c.name == name)).first():
+        conn.execute(update(S.meta).where(S.meta.c.name == name).values(value=value))
+    else:
+        conn.execute(insert(S.meta).values(name=name, value=value))
+
+
+def _row_state(r: Mapping[str, Any]) -> SlideState:
+    return SlideState(image_id=r["image_id"], label=r["label"], outlier=bool(r["outlier"]),
+                      exclude=bool(r["excluded"]), second_opinion=bool(r["second_opinion"]), note=r["note"] or "",
+                      version=int(r["version"]), updated_at=r["updated_at"], updated_by=r["updated_by"])
+
+
+def _state(conn: Connection, image_id: str) -> SlideState | None:
+    r = conn.execute(select(S.label_state).where(S.label_state.c.image_id == image_id)).mappings().first()
+    return None if r is None else _row_state(r)
+
+
+def _audit(r: Mapping[str, Any]) -> AuditRow:
+    return AuditRow(id=int(r["id"]), image_id=r["image_id"], field=r["field"], old_value=r["old_value"],
+                    new_value=r["new_value"], reviewer=r["reviewer"], at=r["changed_at"], reason=r["reason"] or "",
+                    model_version=r.get("model_version"), state_version=int(r["state_version"]))
+
+
+def _sqlite_engine(url: str) -> Engine:
+    u = make_url(url)
+    if u.database and u.database != ":memory:":
+        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
+
+    return engine
+
+
+def open_store(url: str) -> Store:
+    """Open (creating and migrating the schema as needed) the review database at a SQLAlchemy URL."""
+    url = str(url)
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    try:
+        if url.startswith("sqlite"):
+            engine = _sqlite_engine(url)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        with engine.connect() as conn:
+            opts = {"sqlite_begin": "BEGIN IMMEDIATE"} if engine.dialect.name == "sqlite" else {}
+            conn = conn.execution_options(**opts)
+            with conn.begin():
+                if engine.dialect.name == "postgresql":  # two processes starting at once migrate one after the other
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7301)")
+                S.migrate(conn)
+    except (SQLAlchemyError, ImportError, ValueError) as exc:
+        msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise InputError(f"database {safe_url(url)}: cannot open ({msg[0] if msg else type(exc).__name__})") from exc
+    return Store(engine)
+
+
+def default_store_url(root: str | os.PathLike[str]) -> str:
+    """The default SQLite database of a cohort folder."""
+    return "sqlite:///" + str(Path(root).resolve() / "slidelens.db")
+
+
+def iter_audit_csv(rows: Iterable[AuditRow]) -> Iterator[dict[str, Any]]:
+    """Audit rows as plain dicts (for tables and CSV)."""
+    for r in rows:
+        yield asdict(r)
