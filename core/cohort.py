@@ -89,12 +89,15 @@ class Cohort:
                 return str(p)
 
         slides = [rel(p) for p in self.slide_sources]
+        database = self.database
+        if database.startswith("sqlite:///") and database != "sqlite:///:memory:":
+            database = "sqlite:///" + rel(Path(database[len("sqlite:///"):]))
         lines = [f"name = {_q(self.name)}",
                  f"slides = {_q(slides[0])}" if len(slides) == 1 else f"slides = [{', '.join(map(_q, slides))}]"]
         if self.labels is not None:
             lines.append(f"labels = {_q(rel(self.labels))}")
         lines += [f"features = {_q(rel(self.features))}", f"models = {_q(rel(self.models))}",
-                  f"results = {_q(rel(self.results))}", f"database = {_q(self.database)}"]
+                  f"results = {_q(rel(self.results))}", f"database = {_q(database)}"]
         if self.default_mpp is not None:
             lines.append(f"default_mpp = {self.default_mpp}")
         lines += ["", "[patches]", f"patch_size = {self.patch_size}", f"target_mpp = {self.target_mpp}",
