@@ -1,0 +1,96 @@
+"""MIL heads: one attention value per patch in input order, valid probabilities, determinism, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.mil import MILOutput, create_model, list_models
+from core.mil.transmil import TransLayer
+
+SIZES = [1, 7, 257, 1000]  # 257 and 1000 need Nystrom padding; 7 and 257 need the PPEG square fill
+D, C = 24, 3
+
+
+@pytest.mark.parametrize("name", ["abmil", "transmil", "dsmil"])
+@pytest.mark.parametrize("n", SIZES)
+def test_attention_has_one_value_per_patch(name: str, n: int) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, D, C).eval()
+    out = model(torch.randn(n, D))
+    assert isinstance(out, MILOutput)
+    assert out.logits.shape == (C,) and out.probs.shape == (C,)
+    torch.testing.assert_close(out.probs.sum(), torch.tensor(1.0))
+    assert out.attention.shape[0] == n
+    assert out.attention.shape == ((n, C) if name == "dsmil" else (n,))
+    assert torch.isfinite(out.attention).all() and out.embedding.dim() == 1
+
+
+@pytest.mark.parametrize("name", ["abmil", "dsmil"])
+def test_softmax_attention_sums_to_one_over_patches(name: str) -> None:
+    out = create_model(name, D, C).eval()(torch.randn(50, D))
+    torch.testing.assert_close(out.attention.sum(dim=0), torch.ones_like(out.attention.sum(dim=0)))
+
+
+def test_abmil_attention_follows_patch_order() -> None:
+    """Permuting the patches permutes the attention the same way and leaves the logits unchanged."""
+    model = create_model("abmil", D, C).eval()
+    x = torch.randn(40, D)
+    perm = torch.randperm(40)
+    a, b = model(x), model(x[perm])
+    torch.testing.assert_close(b.attention, a.attention[perm])
+    torch.testing.assert_close(b.logits, a.logits, rtol=1e-4, atol=1e-5)
+
+
+def test_abmil_multi_branch_gives_per_class_attention() -> None:
+    out = create_model("abmil", D, C, multi_branch=True).eval()(torch.randn(9, D))
+    assert out.attention.shape == (9, C)
+
+
+@pytest.mark.parametrize("n_tokens", [2, 50, 257, 300])
+def test_transmil_cls_row_equals_full_nystrom_attention_row(n_tokens: int) -> None:
+    """The cheap CLS row equals that row of the full (padded) Nystrom attention matrix, padding removed."""
+    torch.manual_seed(1)
+    layer = TransLayer(64, dropout=0.0).eval()
+    x = torch.randn(1, n_tokens, 64)
+    _, row = layer(x, cls_attention=True)
+    _, full = layer.attn(layer.norm(x), return_attn=True)  # [1, heads, n+pad, n+pad]
+    pad = full.shape[-1] - n_tokens
+    expected = full[:, :, pad, pad:].mean(dim=1)
+    assert row.shape == (1, n_tokens)
+    torch.testing.assert_close(row, expected, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["abmil", "transmil", "dsmil"])
+def test_eval_mode_is_deterministic(name: str) -> None:
+    model = create_model(name, D, C).eval()
+    x = torch.randn(123, D)
+    a, b = model(x), model(x)
+    torch.testing.assert_close(a.logits, b.logits)
+    torch.testing.assert_close(a.attention, b.attention)
+
+
+@pytest.mark.parametrize("name", ["abmil", "transmil", "dsmil"])
+def test_gradient_reaches_every_trainable_layer_input(name: str) -> None:
+    model = create_model(name, D, C).train()
+    x = torch.randn(30, D)
+    loss = model.loss(model(x), torch.tensor(1))
+    loss.backward()
+    first = next(p for n, p in model.named_parameters() if n.startswith("fc"))
+    assert first.grad is not None and first.grad.abs().sum() > 0
+    assert sum(p.grad is not None for p in model.parameters()) >= len(list(model.parameters())) - 1
+
+
+@pytest.mark.parametrize("name", ["abmil", "transmil", "dsmil"])
+def test_shape_errors_are_readable(name: str) -> None:
+    model = create_model(name, D, C)
+    with pytest.raises(ValueError, match="dimension 5"):
+        model(torch.randn(4, 5))
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.randn(0, D))
+
+
+def test_factory_rejects_unknown_names() -> None:
+    assert list_models() == ["abmil", "dsmil", "transmil"]
+    with pytest.raises(ValueError, match="unknown MIL model"):
+        create_model("clam", D, C)
