@@ -1,0 +1,75 @@
+"""First-run screen: starts ``python -m core firstrun`` in its own process and shows its progress per stage."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import streamlit as st
+
+from core.firstrun import STAGES, is_running, progress_path, read_status
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def start_first_run(cohort_dir: Path) -> None:
+    """Launch the builder unless one is already running for this folder (survives page reloads)."""
+    if is_running(read_status(cohort_dir)):
+        return
+    log = progress_path(cohort_dir).with_suffix(".log")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "core", "firstrun", "--out", str(cohort_dir)]
+    if os.environ.get("SLIDELENS_DEMO_TINY") == "1":
+        cmd.append("--tiny")
+    with open(log, "ab") as fh:
+        subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    # wait briefly for the child to publish its first status, so the screen does not flash 'not started'
+    deadline = time.time() + 5
+    while time.time() < deadline and read_status(cohort_dir) is None:
+        time.sleep(0.2)
+
+
+def _fmt_eta(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+def first_run_screen(cohort_dir: Path) -> None:
+    """Show the build of the demo cohort; reruns the app when it is done."""
+    st.title("Preparing the demo cohort")
+    st.write("First start on this machine: SlideLens builds a synthetic ovarian-subtype cohort with ground truth, "
+             "extracts patch features, trains an attention-MIL model and predicts every slide. "
+             "This happens once; later starts reuse everything.")
+    status = read_status(cohort_dir)
+    if status is None or (not is_running(status) and not status.done):
+        if status is not None and status.error:
+            st.error(f"The last build stopped: {status.error}")
+            if not st.button("Try again", key="firstrun_retry"):
+                return
+        start_first_run(cohort_dir)
+    _progress_fragment(cohort_dir)
+
+
+@st.fragment(run_every=1.0)
+def _progress_fragment(cohort_dir: Path) -> None:
+    status = read_status(cohort_dir)
+    if status is None:
+        st.info("Starting…")
+        return
+    if status.done:
+        st.success("Demo cohort ready.")
+        st.rerun(scope="app")
+    if status.error:
+        st.error(f"Build failed: {status.error}")
+        st.caption(f"Log: {progress_path(cohort_dir).with_suffix('.log')}")
+        return
+    st.metric("Estimated time left", _fmt_eta(status.eta_seconds()))
+    labels = {"demo": "Demo slides", "features": "Patch features", "train": "Train the MIL model",
+              "infer": "Predictions and attention", "database": "Database"}
+    for stage in status.stages:
+        if stage.name not in STAGES:
+            continue
+        icon = {"done": "✅", "skipped": "⏭️", "running": "⏳", "failed": "❌"}.get(stage.status, "·")
+        st.progress(stage.fraction, text=f"{icon} {labels[stage.name]} — {stage.message or stage.status}")
