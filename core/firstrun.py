@@ -161,8 +161,9 @@ def run_first_run(cohort_dir: Path, tiny: bool = False, seed: int = 0, model: st
 
 
 def _pipeline(cohort_dir: Path, tiny: bool, seed: int, model: str, run) -> Cohort:
+    from core.backbones import create_backbone
     from core.demo import build_demo
-    from core.features import create_backbone, extract_cohort
+    from core.features import extract_cohort
     from core.infer import ensure_results
     from core.models import latest_version
     from core.train import train_model
@@ -176,7 +177,8 @@ def _pipeline(cohort_dir: Path, tiny: bool, seed: int, model: str, run) -> Cohor
         backbone = create_backbone("efficientnet_lite0")
         extract_cohort({i: cohort.slide_paths[i] for i in missing}, cohort.features, backbone,
                        patch_size=cohort.patch_size, target_mpp=cohort.target_mpp, min_tissue=cohort.min_tissue,
-                       default_mpp=cohort.default_mpp, mpp_overrides=cohort.mpp_overrides, progress=p)
+                       default_mpp=cohort.default_mpp, mpp_overrides=cohort.mpp_overrides,
+                       cache_dir=cohort.cache_dir, progress=p)
 
     run("features", extract, skip=not missing)
     version = latest_version(cohort.models)
