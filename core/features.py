@@ -198,6 +198,7 @@ def write_features(path: str | Path, bag: FeatureBag, extra_attrs: dict[str, Any
                     f.attrs[k] = v
             if bag.patch_size_level0 is not None:  # also where CLAM/TRIDENT readers look
                 f["coords"].attrs["patch_size_level0"] = int(bag.patch_size_level0)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a features file is ordinary shared data
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
