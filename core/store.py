@@ -330,6 +330,11 @@ class Store:
             rows = [_audit(r) for r in conn.execute(q).mappings()]
         return rows[-limit:] if limit else rows
 
+    def source_labels(self) -> dict[str, str | None]:
+        """image_id -> the label as first imported."""
+        with self._read() as conn:
+            return dict(conn.execute(select(S.slides.c.image_id, S.slides.c.source_label)).all())
+
     def snapshot(self) -> tuple[dict[str, SlideState], int, dict[str, int]]:
         """States, the audit log's last id and edits per reviewer, read from one consistent snapshot."""
         with self._read() as conn:

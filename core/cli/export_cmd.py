@@ -1,0 +1,36 @@
+"""``export``: write the reviewed labels (excluded slides left out, outliers marked) and a manifest."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tqdm import tqdm
+
+from core.cohort import default_cohort_path, load_cohort
+from core.export import export_labels
+from core.review import open_cohort_store
+from core.store import open_store
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write the reviewed labels CSV (+ .manifest.json) for retraining")
+    p.add_argument("--cohort", type=Path, default=None, help="cohort TOML (default: $SLIDELENS_COHORT or the demo)")
+    p.add_argument("--out", type=Path, required=True, help="labels CSV to write, e.g. labels_v2.csv")
+    p.add_argument("--db", default=None, help="database URL (default: the cohort's)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    cohort = load_cohort(args.cohort or default_cohort_path())
+    store = open_store(args.db) if args.db else open_cohort_store(cohort)
+    with tqdm(total=100, desc="export", unit="%", leave=False) as bar:
+        def progress(f: float, msg: str) -> None:
+            bar.n = int(f * 100)
+            bar.set_postfix_str(msg)
+            bar.refresh()
+
+        res = export_labels(cohort, store, args.out, progress=progress)
+    print(res.summary())
+    print(f"manifest: {res.manifest_path}")
+    return 0

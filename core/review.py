@@ -1,0 +1,178 @@
+"""The review queue: one row per slide that needs a look, with every reason it was picked.
+
+Sources: suspected label issues (out-of-fold predictions, ``core.analysis_issues.rank_label_issues``), likely
+outliers (OOD score over the model's threshold), low-confidence predictions, and second-opinion flags from the store.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from core.cohort import Cohort
+from core.errors import InputError
+from core.store import Store, SyncReport, open_store
+
+LOW_CONFIDENCE = 0.6
+ISSUE_SCORE = 0.5  # normalized margin above 0.5: another class is more likely than the given one
+SOURCES = ("label_issue", "outlier", "low_confidence", "second_opinion")
+QUEUE_COLUMNS = ["image_id", "label", "pred", "confidence", "ood_score", "reasons", "n_reasons", "priority",
+                 "suggested_label", "issue_rank", *SOURCES, "flagged_outlier", "exclude", "reviewed", "version"]
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """What the queue knows of one model version: its metadata, final and out-of-fold predictions."""
+
+    version: str | None
+    meta: dict[str, Any]
+    predictions: pd.DataFrame  # final model on every slide (may be empty)
+    oof: pd.DataFrame  # out-of-fold predictions of the training slides (may be empty)
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(c) for c in self.meta.get("classes", [])]
+
+    @property
+    def ood_threshold(self) -> float | None:
+        thr = (self.meta.get("ood") or {}).get("threshold")
+        return None if thr is None else float(thr)
+
+
+def model_versions(cohort: Cohort) -> list[str]:
+    """Model versions of the cohort, oldest first."""
+    from core.models import list_versions
+
+    return [str(m["version"]) for m in list_versions(cohort.models)]
+
+
+def load_model_view(cohort: Cohort, version: str | None = None) -> ModelView:
+    """Read a version's model.json and predictions (the latest version when ``None``; empty when there is none)."""
+    if version is None:
+        versions = model_versions(cohort)
+        if not versions:
+            return ModelView(None, {}, pd.DataFrame(), pd.DataFrame())
+        version = versions[-1]
+    mdir = Path(cohort.models) / version
+    meta_path = mdir / "model.json"
+    if not meta_path.is_file():
+        raise InputError(f"{meta_path}: model version {version!r} not found")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{meta_path}: invalid JSON ({exc})") from exc
+    return ModelView(version, meta, _read_csv(Path(cohort.results) / version / "predictions.csv"),
+                     _read_csv(mdir / "oof_predictions.csv"))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    from core.analysis_io import read_predictions
+
+    return read_predictions(path)
+
+
+def ensure_synced(cohort: Cohort, store: Store) -> SyncReport:
+    """Import the cohort's slides and labels into the store once (idempotent; bad labels raise, nothing imported)."""
+    return store.sync_slides(cohort)
+
+
+def open_cohort_store(cohort: Cohort, sync: bool = True) -> Store:
+    """The cohort's review database (``cohort.database``), with its slides and labels imported when ``sync``."""
+    store = open_store(cohort.database)
+    if sync:
+        ensure_synced(cohort, store)
+    return store
+
+
+def _probs(df: pd.DataFrame) -> pd.DataFrame:
+    cols = [c for c in df.columns if str(c).startswith("prob_")]
+    return df[cols].apply(pd.to_numeric, errors="coerce")
+
+
+def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
+                low_confidence: float = LOW_CONFIDENCE, issue_score: float = ISSUE_SCORE,
+                view: ModelView | None = None) -> pd.DataFrame:
+    """All slides with their queue reasons, most urgent first (filter ``n_reasons > 0`` for the queue proper)."""
+    view = view or load_model_view(cohort, version)
+    states = store.state_table()
+    if states.empty:
+        return pd.DataFrame(columns=QUEUE_COLUMNS)
+    q = states.rename(columns={"outlier": "flagged_outlier"}).set_index("image_id")
+    q["reviewed"] = q["updated_by"].notna() & (q["updated_by"] != "import")
+    preds = view.predictions if not view.predictions.empty else view.oof
+    q["pred"], q["confidence"], q["ood_score"] = None, np.nan, np.nan
+    if not preds.empty:
+        p = preds.set_index(preds["image_id"].astype(str))
+        p = p[~p.index.duplicated()]
+        common = q.index.intersection(p.index)
+        q.loc[common, "pred"] = p.loc[common, "pred"].astype(str)
+        q.loc[common, "confidence"] = _probs(p.loc[common]).max(axis=1)
+        if "ood_score" in p.columns:
+            q.loc[common, "ood_score"] = pd.to_numeric(p.loc[common, "ood_score"], errors="coerce")
+    q["suggested_label"], q["issue_rank"], q["issue_score"] = None, np.nan, np.nan
+    if not view.oof.empty and len(view.classes) >= 2:
+        from core.analysis import join_predictions
+        from core.analysis_issues import rank_label_issues
+
+        labels = states.loc[states["label"].notna(), ["image_id", "label", "outlier", "exclude"]]
+        labels = labels.rename(columns={"outlier": "is_outlier"})
+        issues = rank_label_issues(join_predictions(view.oof, labels, view.classes), view.classes)
+        issues = issues.set_index(issues["image_id"].astype(str))
+        common = q.index.intersection(issues.index)
+        q.loc[common, "suggested_label"] = issues.loc[common, "suggested_label"]
+        q.loc[common, "issue_rank"] = issues.loc[common, "rank"]
+        q.loc[common, "issue_score"] = issues.loc[common, "score"]
+    thr = view.ood_threshold
+    q["label_issue"] = q["issue_score"].fillna(0) > issue_score
+    q["outlier"] = (q["ood_score"] > thr).fillna(False) if thr is not None else False
+    q.loc[~q["label_issue"], "suggested_label"] = None
+    q["low_confidence"] = q["confidence"].notna() & (q["confidence"] < low_confidence)
+    q["second_opinion"] = q["second_opinion"].astype(bool)
+    reasons, priority = [], []
+    for image_id, r in q.iterrows():
+        why, score = [], 0.0
+        if r["label_issue"]:
+            why.append(f"label issue #{int(r['issue_rank'])}: model suggests {r['suggested_label']!r} "
+                       f"(score {r['issue_score']:.2f})")
+            score += 1.0 + float(r["issue_score"])
+        if r["outlier"]:
+            why.append(f"likely outlier: OOD score {r['ood_score']:.3g} > threshold {thr:.3g}")
+            score += 1.5
+        if r["low_confidence"]:
+            why.append(f"low confidence: {r['confidence']:.2f} < {low_confidence:.2f}")
+            score += 0.5 + (low_confidence - float(r["confidence"]))
+        if r["second_opinion"]:
+            who = store_last_flagger(store, str(image_id))
+            why.append("second opinion requested" + (f" by {who}" if who else ""))
+            score += 2.0
+        reasons.append("; ".join(why))
+        priority.append(round(score, 4))
+    q["reasons"], q["priority"] = reasons, priority
+    q["n_reasons"] = q[list(SOURCES)].sum(axis=1).astype(int)
+    q = q.reset_index().sort_values(["priority", "image_id"], ascending=[False, True], ignore_index=True)
+    return q[QUEUE_COLUMNS]
+
+
+def store_last_flagger(store: Store, image_id: str) -> str | None:
+    """Who last set the slide's second-opinion flag."""
+    rows = [r for r in store.history(image_id) if r.field == "second_opinion" and r.new_value == "1"]
+    return rows[-1].reviewer if rows else None
+
+
+def filter_queue(q: pd.DataFrame, sources: list[str] | None = None, hide_reviewed: bool = False,
+                 text: str = "") -> pd.DataFrame:
+    """Rows with at least one of ``sources`` (all sources when None), optionally unreviewed only, id containing text."""
+    sources = list(SOURCES) if sources is None else [s for s in sources if s in SOURCES]
+    keep = q[sources].any(axis=1) if sources else pd.Series(False, index=q.index)
+    if hide_reviewed:
+        keep &= ~q["reviewed"]
+    if text.strip():
+        keep &= q["image_id"].str.contains(text.strip(), case=False, regex=False)
+    return q[keep].reset_index(drop=True)
