@@ -176,3 +176,19 @@ def filter_queue(q: pd.DataFrame, sources: list[str] | None = None, hide_reviewe
     if text.strip():
         keep &= q["image_id"].str.contains(text.strip(), case=False, regex=False)
     return q[keep].reset_index(drop=True)
+
+
+def retrain(cohort: Cohort, store: Store, labels_csv: str | Path, model: str = "abmil",
+            progress: Any = None, **train_kw: Any) -> str:
+    """Train a new model version on a labels file, register it and its out-of-fold predictions; returns the version."""
+    from core.train import train_model
+
+    labels_csv = Path(labels_csv)
+    out = train_model(cohort.features, labels_csv, model=model, out_dir=cohort.models, progress=progress, **train_kw)
+    meta = json.loads((Path(out) / "model.json").read_text())
+    meta["version"] = meta.get("version") or Path(out).name
+    store.register_model_version(meta)
+    oof = Path(out) / "oof_predictions.csv"
+    if oof.is_file():
+        store.record_predictions(str(meta["version"]), pd.read_csv(oof, dtype={"image_id": str}))
+    return str(meta["version"])

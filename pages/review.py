@@ -1,0 +1,168 @@
+"""Review: the queue of slides that need a look (label issues, outliers, low confidence, second opinions),
+the relabel panel with the audit history, and export / retrain on the corrected labels."""
+
+from __future__ import annotations
+
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from core.errors import SlideLensError
+from core.export import export_labels
+from core.review import SOURCES, build_queue, filter_queue, load_model_view, model_versions, retrain
+from ui.context import current_cohort
+from ui.review_panel import cohort_store, relabel_panel, reviewer_input
+
+SOURCE_NAMES = {"label_issue": "Label issues", "outlier": "Likely outliers", "low_confidence": "Low confidence",
+                "second_opinion": "Second opinion"}
+SORTS = {"priority": ("priority", False), "confidence (lowest first)": ("confidence", True),
+         "OOD score (highest first)": ("ood_score", False), "slide id": ("image_id", True)}
+TABLE_COLS = ["image_id", "label", "pred", "confidence", "ood_score", "reasons", "reviewed"]
+
+
+@st.cache_resource(show_spinner=False)
+def _jobs() -> dict[str, dict[str, Any]]:
+    """Background retrain jobs by database URL (survive reruns; one per cohort at a time)."""
+    return {}
+
+
+def _start_retrain(cohort: Any, model: str, out: Path) -> None:
+    jobs = _jobs()
+    job: dict[str, Any] = {"frac": 0.0, "msg": "exporting labels", "done": False, "error": None, "version": None,
+                           "started": time.time()}
+    jobs[cohort.database] = job
+
+    def progress(frac: float, msg: str) -> None:
+        job["frac"], job["msg"] = float(frac), msg
+
+    def work() -> None:
+        try:
+            store = cohort_store(cohort)
+            res = export_labels(cohort, store, out)
+            job["msg"] = f"training {model} on {res.rows} labels"
+            job["version"] = retrain(cohort, store, out, model=model, progress=progress)
+        except SlideLensError as exc:
+            job["error"] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a background failure is reported in one line, never a traceback
+            job["error"] = f"retrain failed: {type(exc).__name__}: {exc}"
+        finally:
+            job["done"] = True
+
+    threading.Thread(target=work, name="slidelens-retrain", daemon=True).start()
+
+
+@st.fragment(run_every=1.0)
+def _retrain_progress(url: str) -> None:
+    job = _jobs().get(url)
+    if not job:
+        return
+    if job["done"]:
+        if job["error"]:
+            st.error(job["error"])
+        else:
+            st.success(f"New model version {job['version']} registered; compare it on the error-analysis page.")
+        return
+    st.progress(min(job["frac"], 1.0), text=f"{job['msg']} ({time.time() - job['started']:.0f} s)")
+
+
+def _next_slide(ids: list[str], current: str) -> None:
+    """Move the selection to the slide after ``current`` in the (filtered) queue."""
+    if current in ids and ids.index(current) + 1 < len(ids):
+        st.session_state["rv_slide"] = ids[ids.index(current) + 1]
+    elif ids:
+        st.session_state["rv_slide"] = ids[0]
+
+
+def _on_table_select(ids: list[str]) -> None:
+    rows = (st.session_state.get("rv_table") or {}).get("selection", {}).get("rows", [])
+    if rows and rows[0] < len(ids):
+        st.session_state["rv_slide"] = ids[rows[0]]
+
+
+def export_retrain(cohort: Any) -> None:
+    """Export the reviewed labels (file + download) and retrain on them in the background."""
+    with st.expander("Export and retrain", expanded=False):
+        name = st.text_input("Labels file (in the cohort folder)", value="labels_reviewed.csv", key="rv_export_name")
+        out = cohort.root / Path(name or "labels_reviewed.csv").name
+        c1, c2 = st.columns(2)
+        if c1.button("Export labels", key="rv_export"):
+            try:
+                res = export_labels(cohort, cohort_store(cohort), out)
+                st.session_state["rv_export_done"] = res.summary()
+            except SlideLensError as exc:
+                st.error(str(exc))
+        if st.session_state.get("rv_export_done") and out.is_file():
+            st.success(st.session_state["rv_export_done"])
+            c2.download_button("Download CSV", out.read_bytes(), file_name=out.name, mime="text/csv",
+                               key="rv_download")
+        model = st.selectbox("Model", ["abmil", "transmil", "dsmil"], key="rv_model")
+        job = _jobs().get(cohort.database)
+        running = bool(job and not job["done"])
+        if st.button("Retrain on the reviewed labels", key="rv_retrain", disabled=running,
+                     help="Exports the labels to the file above, trains a new model version in the background."):
+            _start_retrain(cohort, model, out)
+        _retrain_progress(cohort.database)
+
+
+def main() -> None:
+    st.title("Review")
+    try:
+        cohort = current_cohort()
+        store = cohort_store(cohort)
+    except SlideLensError as exc:
+        st.error(str(exc))
+        return
+    reviewer_input()
+    versions = model_versions(cohort)
+    version = st.selectbox("Model version", versions, index=len(versions) - 1, key="rv_version") if versions else None
+    try:
+        view = load_model_view(cohort, version)
+        queue_all = build_queue(cohort, store, version, view=view)
+    except SlideLensError as exc:
+        st.error(str(exc))
+        return
+    if not versions:
+        st.info("No model yet: the queue shows second-opinion flags only. Train one with `python -m core train`.")
+    f1, f2, f3, f4 = st.columns([3, 2, 2, 1])
+    sources = f1.multiselect("Show", list(SOURCES), default=list(SOURCES), key="rv_sources",
+                             format_func=SOURCE_NAMES.get)
+    sort = f2.selectbox("Sort by", list(SORTS), key="rv_sort")
+    text = f3.text_input("Slide id contains", key="rv_search")
+    hide = f4.checkbox("Hide reviewed", key="rv_hide_reviewed")
+    queue = filter_queue(queue_all, sources, hide_reviewed=hide, text=text)
+    col, asc = SORTS[sort]
+    queue = queue.sort_values(col, ascending=asc, na_position="last", kind="stable", ignore_index=True)
+    ids = queue["image_id"].tolist()
+    st.caption(f"{len(queue)} of {len(queue_all)} slides in the queue "
+               f"({int(queue_all['reviewed'].sum())} reviewed so far)")
+    left, right = st.columns([3, 2])
+    with left:
+        st.dataframe(queue[TABLE_COLS], hide_index=True, key="rv_table", on_select=partial(_on_table_select, ids),
+                     selection_mode="single-row", width="stretch",
+                     column_config={"confidence": st.column_config.NumberColumn(format="%.2f"),
+                                    "ood_score": st.column_config.NumberColumn("OOD score", format="%.3g"),
+                                    "reasons": st.column_config.TextColumn(width="large")})
+        all_ids = queue_all["image_id"].tolist()
+        if st.session_state.get("rv_slide") not in all_ids:
+            st.session_state["rv_slide"] = ids[0] if ids else (all_ids[0] if all_ids else None)
+        options = ids + [i for i in all_ids if i not in ids]  # any slide can be reviewed, the queue comes first
+        image_id = st.selectbox("Slide", options, key="rv_slide", help="queue slides first, then all others")
+        export_retrain(cohort)
+    if not image_id:
+        return
+    row = queue_all.set_index("image_id").loc[image_id]
+    preds = view.predictions if not view.predictions.empty else view.oof
+    pred_row = preds.loc[preds["image_id"].astype(str) == image_id].iloc[0].to_dict() if not preds.empty and \
+        (preds["image_id"].astype(str) == image_id).any() else None
+    with right:
+        relabel_panel(cohort, image_id, model_version=version, prediction=pred_row,
+                      reasons=str(row["reasons"]) if pd.notna(row["reasons"]) else "",
+                      on_done=partial(_next_slide, ids, image_id), key="rv", shortcuts=True)
+
+
+main()
