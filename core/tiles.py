@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from core import overlay
-from core.cohort import Cohort
+from core.cohort import Cohort, default_cohort_path, load_cohort
 from core.errors import InputError, SlideLensError
 from core.slides import DZ_OVERLAP, DZ_TILE_SIZE, Slide, SlideCache
 
@@ -74,6 +74,15 @@ def register_cohort(cohort: Cohort) -> None:
         _cohorts.move_to_end(cohort.name)
 
 
+def _register_default() -> None:
+    """Before any page ran, serve the cohort the app opens by default (``$SLIDELENS_COHORT``), if it loads."""
+    try:
+        cohort = load_cohort(default_cohort_path())
+    except SlideLensError:
+        return
+    _cohorts[cohort.name] = cohort
+
+
 def unregister_all() -> None:
     """Forget every registered cohort (tests)."""
     with _cohorts_lock:
@@ -90,6 +99,8 @@ def resolve_slide(image_id: str, cohort_name: str | None = None) -> tuple[Cohort
     """The registered cohort and slide file for ``image_id`` (most recently registered cohort first)."""
     _check_name("slide id", image_id)
     with _cohorts_lock:
+        if not _cohorts:
+            _register_default()
         cohorts = list(reversed(_cohorts.values()))
     if cohort_name is not None:
         cohorts = [c for c in cohorts if c.name == cohort_name]

@@ -1,0 +1,50 @@
+"""The slide viewer widget: OpenSeadragon in a Streamlit components-v2 element, fed by the app's tile routes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import streamlit as st
+
+from core.slides import DZ_OVERLAP, DZ_TILE_SIZE, Slide
+from core.tiles import OverlayStyle
+
+_FRONTEND = Path(__file__).parent / "frontend" / "viewer"
+
+
+@st.cache_resource(show_spinner=False)
+def _component() -> Any:
+    return st.components.v2.component(
+        "slidelens.viewer",
+        js=(_FRONTEND / "viewer.js").read_text(),
+        css=(_FRONTEND / "viewer.css").read_text(),
+        isolate_styles=False,  # OpenSeadragon's full-screen mode and mouse handling need the real DOM
+    )
+
+
+def slide_data(slide: Slide, image_id: str, cohort_name: str) -> dict[str, Any]:
+    """What the viewer needs to open a slide: level-0 size, tile grid, mpp, objective and tile URLs."""
+    w, h = slide.dimensions
+    return {"image_id": image_id, "cohort": cohort_name, "width": w, "height": h, "tile_size": DZ_TILE_SIZE,
+            "overlap": DZ_OVERLAP, "mpp": slide.mpp, "objective": slide.objective_power,
+            "tiles_url": f"/tiles/{quote(image_id)}_files/", "query": f"?cohort={quote(cohort_name)}"}
+
+
+def overlay_data(version: str, image_id: str, cohort_name: str, style: OverlayStyle, stamp: int = 0) -> dict[str, Any]:
+    """Overlay tile URLs for a (model version, slide) drawn in ``style``; ``stamp`` busts browser caches."""
+    base = f"/tiles/attention/{quote(version)}/{quote(image_id)}"
+    cq = f"cohort={quote(cohort_name)}"
+    return {"url": f"{base}_files/", "query": f"?{style.query()}&{cq}&t={stamp}", "at_url": f"{base}/at.json?{cq}"}
+
+
+def slide_viewer(slide: dict[str, Any], overlay: dict[str, Any] | None = None, goto: dict[str, Any] | None = None,
+                 height: int = 600, key: str = "slide_viewer") -> dict[str, Any] | None:
+    """Show the viewer; returns the last viewport the browser reported ({image_id, x, y, zoom, bounds}) or None.
+
+    ``goto`` = {x, y, w, h, nonce} (level-0 box) pans and zooms to that box once per new ``nonce``.
+    """
+    data = {**slide, "overlay": overlay, "goto": goto, "height": height}
+    result = _component()(data=data, key=key, default={"viewport": None}, on_viewport_change=lambda: None)
+    return result.get("viewport") if hasattr(result, "get") else getattr(result, "viewport", None)
