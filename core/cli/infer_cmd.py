@@ -1,0 +1,49 @@
+"""``infer``: predictions.csv and attention/<image_id>.h5 for every slide with features (cached)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("infer", help="predict slides with a trained model (probabilities, attention, OOD score)")
+    p.add_argument("--model", type=Path, help="model folder (models/vNNN-<model>)")
+    p.add_argument("--features", type=Path, help="folder of <image_id>.h5 features files")
+    p.add_argument("--out", type=Path, help="output folder for predictions.csv and attention/")
+    p.add_argument("--cohort", type=Path, help="cohort.toml: results go to <results>/<version>/")
+    p.add_argument("--version", default=None, help="model version with --cohort (default: the latest)")
+    p.add_argument("--force", action="store_true", help="recompute slides that are already done")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.cli.train_cmd import _tqdm_progress
+    from core.config import resolve_device
+    from core.infer import infer_features, load_model
+    from core.models import resolve_model_dir
+
+    if args.cohort is not None:
+        from core.cohort import load_cohort
+
+        cohort = load_cohort(args.cohort)
+        model_dir = args.model or resolve_model_dir(cohort.models, args.version)
+        features = args.features or cohort.features
+        loaded = load_model(model_dir, device=resolve_device(args.device))
+        out = args.out or Path(cohort.results) / loaded.version
+    else:
+        if args.model is None or args.features is None or args.out is None:
+            raise InputError("infer: give --model, --features and --out (or --cohort)")
+        loaded = load_model(args.model, device=resolve_device(args.device))
+        features, out = args.features, args.out
+    progress, bar = _tqdm_progress(f"infer {loaded.version}")
+    try:
+        df = infer_features(loaded, features, out, progress=progress, force=args.force)
+    finally:
+        bar.close()
+    n_out = int((df["ood_score"] > (loaded.meta.get("ood") or {}).get("threshold", float("inf"))).sum())
+    print(f"{len(df)} slide(s) in {out / 'predictions.csv'}; {n_out} over the OOD threshold ('Other?')")
+    return 0

@@ -1,0 +1,198 @@
+"""Training and inference end to end on tiny synthetic bags written as real features files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.cli import main as cli_main
+from core.cohort import cohort_from_dict
+from core.errors import InputError
+from core.features import FeatureBag, read_features, write_features
+from core.infer import ensure_results, infer_slide, load_model, read_attention, slide_attention
+from core.models import latest_version, list_versions
+from core.train import train_model
+
+D = 16
+CLASSES = ["A", "B", "C"]
+
+
+def make_bag(rng: np.random.Generator, cls: int, n: int, dim: int = D) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Background noise plus a few 'tumour' patches shifted along the class's own direction."""
+    x = rng.normal(0, 1, (n, dim)).astype(np.float32)
+    tumour = rng.random(n) < 0.3
+    tumour[0] = True
+    x[tumour, cls] += 4.0
+    coords = np.stack(np.meshgrid(np.arange(n) % 10, np.arange(n) // 10)[0:1], -1).reshape(-1, 1)
+    coords = np.stack([np.arange(n) % 10 * 256, np.arange(n) // 10 * 256], axis=1).astype(np.int64)
+    return x, coords, tumour
+
+
+def write_cohort(root: Path, per_class: int = 6, seed: int = 0, backbone: str = "toy") -> dict[str, str]:
+    """Features for ``per_class`` slides per class + labels.csv (with one noisy label, one outlier row)."""
+    rng = np.random.default_rng(seed)
+    labels = {}
+    for c, name in enumerate(CLASSES):
+        for k in range(per_class):
+            image_id = f"{name}{k}"
+            x, coords, _ = make_bag(rng, c, int(rng.integers(20, 60)))
+            write_features(root / "features" / f"{image_id}.h5",
+                           FeatureBag(x, coords, patch_size_level0=256, mpp=0.5, backbone=backbone))
+            labels[image_id] = name
+    rows = [{"image_id": i, "label": lab, "is_outlier": 0} for i, lab in labels.items()]
+    rows.append({"image_id": "nofeatures", "label": "A", "is_outlier": 0})
+    rows.append({"image_id": "weird", "label": "B", "is_outlier": 1})
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("cohort")
+    labels = write_cohort(root)
+    model_dir = train_model(root / "features", root / "labels.csv", model="abmil", folds=3, epochs=12, seed=0)
+    return root, model_dir, labels
+
+
+def test_training_writes_a_complete_model_folder(trained: tuple[Path, Path, dict[str, str]]) -> None:
+    root, model_dir, _ = trained
+    assert model_dir == root / "models" / "v001-abmil"
+    for name in ("model.json", "weights.safetensors", "ood.safetensors", "oof_predictions.csv", "folds.csv"):
+        assert (model_dir / name).is_file(), name
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["classes"] == CLASSES and meta["feature_dim"] == D and meta["backbone"] == "toy"
+    assert meta["version"] == "v001-abmil" and meta["settings"]["model"] == "abmil"
+    assert meta["skipped_no_features"] == ["nofeatures"]
+    assert meta["ood"]["threshold"] > 0
+    assert not list((root / "models").glob(".staging-*"))
+
+
+def test_oof_covers_each_labelled_slide_once_and_is_accurate(trained: tuple[Path, Path, dict[str, str]]) -> None:
+    _, model_dir, labels = trained
+    oof = pd.read_csv(model_dir / "oof_predictions.csv")
+    assert list(oof.columns) == ["image_id", "pred", "prob_A", "prob_B", "prob_C", "ood_score"]
+    assert sorted(oof["image_id"]) == sorted(labels)  # no 'weird' (outlier), no 'nofeatures'
+    np.testing.assert_allclose(oof[["prob_A", "prob_B", "prob_C"]].sum(axis=1), 1.0, atol=1e-4)
+    acc = (oof["pred"] == oof["image_id"].map(labels)).mean()
+    assert acc >= 0.9, acc
+    meta = json.loads((model_dir / "model.json").read_text())
+    assert meta["metrics"]["oof_balanced_accuracy"] >= 0.9
+
+
+def test_folds_are_stratified_and_disjoint(trained: tuple[Path, Path, dict[str, str]]) -> None:
+    _, model_dir, labels = trained
+    folds = pd.read_csv(model_dir / "folds.csv")
+    assert sorted(folds["image_id"]) == sorted(labels) and folds["image_id"].is_unique
+    assert set(folds["fold"]) == {0, 1, 2}
+    per = folds.groupby(["fold", "label"]).size().unstack()
+    assert (per == 2).all().all()  # 6 slides per class over 3 folds
+
+
+def test_oof_prediction_of_a_mislabelled_slide_comes_from_a_model_that_did_not_see_it(tmp_path: Path) -> None:
+    """An in-sample model would echo the wrong label; a held-out fold model predicts the true class."""
+    labels = write_cohort(tmp_path, per_class=5, seed=3)
+    df = pd.read_csv(tmp_path / "labels.csv")
+    df.loc[df["image_id"] == "A0", "label"] = "C"  # plant a label error
+    df.to_csv(tmp_path / "labels.csv", index=False)
+    model_dir = train_model(tmp_path / "features", tmp_path / "labels.csv", model="abmil", folds=5, epochs=12)
+    oof = pd.read_csv(model_dir / "oof_predictions.csv").set_index("image_id")
+    assert oof.loc["A0", "pred"] == "A"
+    assert oof.loc["A0", "prob_A"] > oof.loc["A0", "prob_C"]
+    assert len(oof) == len(labels)
+
+
+def test_versions_are_numbered_and_listed(trained: tuple[Path, Path, dict[str, str]]) -> None:
+    root, _, _ = trained
+    assert latest_version(root / "models") == "v001-abmil"
+    assert [v["version"] for v in list_versions(root / "models")] == ["v001-abmil"]
+    assert latest_version(root / "nowhere") is None
+
+
+def test_infer_slide_gives_probs_and_attention_in_coords_order(trained: tuple[Path, Path, dict[str, str]]) -> None:
+    root, model_dir, _ = trained
+    loaded = load_model(model_dir)
+    bag = read_features(root / "features" / "B1.h5")
+    res = infer_slide(loaded, bag)
+    assert res.pred == "B" and res.probs.shape == (3,) and abs(res.probs.sum() - 1) < 1e-5
+    assert res.attention.shape == (len(bag),)
+    tumour = bag.features[:, 1] > 2.5  # the shifted patches should get the attention
+    assert res.attention[tumour].mean() > res.attention[~tumour].mean()
+
+
+def test_infer_refuses_other_dimension_or_backbone(trained: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
+    _, model_dir, _ = trained
+    loaded = load_model(model_dir)
+    rng = np.random.default_rng(0)
+    x, coords, _ = make_bag(rng, 0, 10, dim=D + 4)
+    wrong_dim = FeatureBag(x, coords, 256, 0.5, "toy", path=tmp_path / "s1.h5")
+    with pytest.raises(InputError, match=r"s1\.h5.*dimension 20.*v001-abmil.*dimension 16"):
+        infer_slide(loaded, wrong_dim)
+    x, coords, _ = make_bag(rng, 0, 10)
+    wrong_bb = FeatureBag(x, coords, 256, 0.5, "resnet50", path=tmp_path / "s2.h5")
+    with pytest.raises(InputError, match=r"s2\.h5.*'resnet50'.*v001-abmil.*'toy'"):
+        infer_slide(loaded, wrong_bb)
+
+
+def test_load_model_rejects_incomplete_folder(trained: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
+    _, model_dir, _ = trained
+    broken = tmp_path / "v009-abmil"
+    broken.mkdir()
+    (broken / "model.json").write_text((model_dir / "model.json").read_text())
+    with pytest.raises(InputError, match="missing weights.safetensors"):
+        load_model(broken)
+
+
+def _cohort(root: Path):
+    return cohort_from_dict({"slides": "slides", "labels": "labels.csv"}, root)
+
+
+def test_ensure_results_computes_only_missing_slides(trained: tuple[Path, Path, dict[str, str]]) -> None:
+    root, _, labels = trained
+    cohort = _cohort(root)
+    first = ensure_results(cohort, "v001-abmil", ["A0", "B0"])
+    out = root / "results" / "v001-abmil"
+    assert sorted(first["image_id"]) == ["A0", "B0"]
+    mt = {p.name: p.stat().st_mtime_ns for p in (out / "attention").glob("*.h5")}
+    pred_mtime = (out / "predictions.csv").stat().st_mtime_ns
+    again = ensure_results(cohort, "v001-abmil", ["A0", "B0"])  # all cached: nothing written
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "attention").glob("*.h5")} == mt
+    assert (out / "predictions.csv").stat().st_mtime_ns == pred_mtime
+    pd.testing.assert_frame_equal(first, again)
+    everything = ensure_results(cohort)  # latest version, every slide with features
+    assert sorted(everything["image_id"]) == sorted(labels)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "attention").glob(f"{'[AB]'}0.h5")} == mt
+    coords, attention, attrs = read_attention(out / "attention" / "C3.h5")
+    assert len(coords) == len(attention) and attrs["model_version"] == "v001-abmil"
+    assert json.loads(attrs["classes"]) == CLASSES
+
+
+def test_slide_attention_on_demand(trained: tuple[Path, Path, dict[str, str]]) -> None:
+    root, _, _ = trained
+    cohort = _cohort(root)
+    coords, attention, _ = slide_attention(cohort, None, "A5")
+    assert coords.shape == (len(attention), 2)
+    with pytest.raises(InputError, match="no features"):
+        slide_attention(cohort, None, "nofeatures")
+
+
+def test_cli_train_and_infer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_cohort(tmp_path, per_class=3, seed=5)
+    rc = cli_main(["train", "--features", str(tmp_path / "features"), "--labels", str(tmp_path / "labels.csv"),
+                   "--model", "dsmil", "--out", str(tmp_path / "models"), "--folds", "3", "--epochs", "4"])
+    assert rc == 0
+    model_dir = tmp_path / "models" / "v001-dsmil"
+    assert model_dir.is_dir()
+    rc = cli_main(["infer", "--model", str(model_dir), "--features", str(tmp_path / "features"),
+                   "--out", str(tmp_path / "out")])
+    assert rc == 0
+    preds = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert len(preds) == 9
+    _, attention, _ = read_attention(tmp_path / "out" / "attention" / "A0.h5")
+    assert attention.ndim == 2 and attention.shape[1] == 3  # DSMIL: per-class attention
+    rc = cli_main(["infer", "--model", str(tmp_path / "models" / "v404-x"), "--features", str(tmp_path / "features"),
+                   "--out", str(tmp_path / "out")])
+    assert rc == 2 and "model folder not found" in capsys.readouterr().err
