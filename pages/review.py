@@ -148,6 +148,9 @@ def main() -> None:
                                     "ood_score": st.column_config.NumberColumn("OOD score", format="%.3g"),
                                     "reasons": st.column_config.TextColumn(width="large")})
         all_ids = queue_all["image_id"].tolist()
+        wanted = st.query_params.get("slide")
+        if wanted in all_ids and not st.session_state.get("rv_from_url"):  # /review?slide=<id> opens that slide
+            st.session_state["rv_slide"], st.session_state["rv_from_url"] = wanted, True
         if st.session_state.get("rv_slide") not in all_ids:
             st.session_state["rv_slide"] = ids[0] if ids else (all_ids[0] if all_ids else None)
         options = ids + [i for i in all_ids if i not in ids]  # any slide can be reviewed, the queue comes first

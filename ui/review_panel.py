@@ -186,4 +186,4 @@ def relabel_panel(cohort: Cohort, image_id: str, *, model_version: str | None = 
     if hist.empty:
         st.caption("No changes yet.")
     else:
-        st.dataframe(hist, hide_index=True, width="stretch")
+        st.table(hist.fillna("").set_index("#"))  # static, escaped text (also readable in the page's DOM)

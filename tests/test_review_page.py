@@ -1,0 +1,121 @@
+"""The review page with streamlit's AppTest on a tiny cohort written by the test (real SQLite, real CSVs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from _review_data import make_review_cohort
+from streamlit.testing.v1 import AppTest
+
+from core.cohort import load_cohort
+from core.review import open_cohort_store
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "pages" / "review.py")
+
+
+def _run(monkeypatch: pytest.MonkeyPatch, toml: Path) -> AppTest:
+    monkeypatch.setenv("SLIDELENS_COHORT", str(toml))
+    monkeypatch.syspath_prepend(str(ROOT))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _button(at: AppTest, label: str):  # noqa: ANN202 - a streamlit testing Button
+    return next(b for b in at.button if b.label == label)
+
+
+def test_queue_lists_reasons_and_first_slide(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    at = _run(monkeypatch, make_review_cohort(tmp_path / "c"))
+    table = at.dataframe[0].value
+    assert table["image_id"].tolist() == ["s01", "s02", "s03"]
+    assert "label issue #1" in table.iloc[0]["reasons"]
+    assert at.selectbox(key="rv_slide").value == "s01"
+    texts = [t.value for t in at.text]
+    assert any("model suggests 'tumor'" in t for t in texts)
+    at.multiselect(key="rv_sources").set_value(["outlier"]).run()
+    assert at.dataframe[0].value["image_id"].tolist() == ["s02"]
+
+
+def test_edit_without_name_is_refused_and_writes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = make_review_cohort(tmp_path / "c")
+    at = _run(monkeypatch, toml)
+    _button(at, "Flag outlier").click().run()
+    assert not at.exception
+    assert any("reviewer name is required" in e.value for e in at.error)
+    store = open_cohort_store(load_cohort(toml))
+    assert [r for r in store.history() if r.reason != "import"] == []
+    assert store.state("s01").outlier is False
+
+
+def test_relabel_with_name_writes_one_audit_row_and_moves_on(monkeypatch: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    toml = make_review_cohort(tmp_path / "c")
+    at = _run(monkeypatch, toml)
+    at.text_input(key="reviewer").set_value("ann").run()
+    prefix = "rv_s01_1"
+    at.selectbox(key=f"{prefix}_new_label").set_value("tumor")
+    at.text_input(key=f"{prefix}_reason").set_value("clearly tumour")
+    _button(at, "Save label").click().run()
+    assert not at.exception
+    store = open_cohort_store(load_cohort(toml))
+    edits = [r for r in store.history() if r.reason != "import"]
+    assert [(r.image_id, r.field, r.old_value, r.new_value, r.reviewer, r.reason, r.model_version)
+            for r in edits] == [("s01", "label", "normal", "tumor", "ann", "clearly tumour", "v001-abmil")]
+    assert any("s01: saved label = 'tumor'" in s.value for s in at.success)
+    assert at.selectbox(key="rv_slide").value == "s02"  # next in the queue
+    # the reviewer name survives and the history of s01 shows the change when going back
+    at.selectbox(key="rv_slide").set_value("s01").run()
+    hist = at.table[0].value
+    assert hist.iloc[0]["new"] == "tumor" and hist.iloc[0]["reviewer"] == "ann"
+    assert hist.iloc[1]["reason"] == "import"
+    assert at.text_input(key="reviewer").value == "ann"
+
+
+def test_note_is_plain_text_and_stale_edit_shows_conflict(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = make_review_cohort(tmp_path / "c")
+    at = _run(monkeypatch, toml)
+    at.text_input(key="reviewer").set_value("ann").run()
+    note = "<script>window.x=1</script> **not bold**"
+    at.text_area(key="rv_s01_1_note").set_value(note)
+    _button(at, "Save note").click().run()
+    assert any(t.value == "Note: " + note for t in at.text)
+    assert not any("<script>" in m.value for m in at.markdown)
+    # someone else edits s01 while this page still shows version 2
+    store = open_cohort_store(load_cohort(toml))
+    store.set_label("s01", "tumor", "bob", "seen at the microscope", 2)
+    _button(at, "Flag outlier").click().run()
+    errors = [e.value for e in at.error]
+    assert any("bob changed label 'normal' -> 'tumor'" in e for e in errors), errors
+    assert store.state("s01").outlier is False and store.state("s01").version == 3
+
+
+def test_export_button_writes_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = make_review_cohort(tmp_path / "c")
+    at = _run(monkeypatch, toml)
+    _button(at, "Export labels").click().run()
+    assert not at.exception
+    out = toml.parent / "labels_reviewed.csv"
+    assert out.is_file() and (toml.parent / "labels_reviewed.manifest.json").is_file()
+    assert len(out.read_text().splitlines()) == 9
+    assert any("wrote 8 labels" in s.value for s in at.success)
+
+
+def test_bad_labels_file_shows_report(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    toml = make_review_cohort(tmp_path / "c")
+    (toml.parent / "labels.csv").write_text("image_id,label\ns00,normal\nnope,tumor\n")
+    at = _run(monkeypatch, toml)
+    assert len(at.error) == 1 and "id(s) with no slide: nope" in at.error[0].value
+
+
+def test_slide_query_parameter_opens_that_slide(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SLIDELENS_COHORT", str(make_review_cohort(tmp_path / "c")))
+    monkeypatch.syspath_prepend(str(ROOT))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["slide"] = "s07"
+    at.run()
+    assert at.selectbox(key="rv_slide").value == "s07"
+    assert at.metric[0].value == "normal"
