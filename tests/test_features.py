@@ -74,12 +74,12 @@ def test_default_backbone_features(lite0) -> None:
 
 
 def test_timm_backbone_by_name_random_init() -> None:
-    a = create_backbone("resnet18", device="cpu")
-    b = create_backbone("resnet18", device="cpu")
-    assert a.weights is None and a.dim == 512 and a.mean == pytest.approx((0.485, 0.456, 0.406))
+    a = create_backbone("test_resnet", device="cpu")
+    b = create_backbone("test_resnet", device="cpu")
+    assert a.weights is None and a.mean == pytest.approx((0.485, 0.456, 0.406))
     batch = torch.randint(0, 256, (2, 3, 96, 96), dtype=torch.uint8)
     fa, fb = embed(a, batch), embed(b, batch)
-    assert fa.shape == (2, 512) and torch.isfinite(fa).all()
+    assert fa.shape == (2, a.dim) and torch.isfinite(fa).all()
     assert not torch.allclose(fa, fb)  # two random inits, not the same pretrained weights
 
 
@@ -270,3 +270,18 @@ def test_extract_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert "extracted 0, already done 1, failed 1" in capsys.readouterr().err
     with pytest.raises(SlideError):  # the library call itself raises; only the CLI turns it into exit code 2
         extract_slide(slides_dir / "broken.svs", out / "broken.h5", create_backbone("test_efficientnet", device="cpu"))
+
+
+def test_bench_extract_writes_its_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    out = tmp_path / "bench.json"
+    argv = ["bench", "extract", "--slide", str(SVS), "--backbone", "test_efficientnet", "--patch", "64", "--mpp", "4",
+            "--patches", "8", "--batch-size", "4", "--workers", "1", "--repeat", "1", "--device", "cpu",
+            "--json", str(out)]
+    assert cli_main(argv) == 0
+    capsys.readouterr()
+    res = json.loads(out.read_text())
+    assert res["model_only_patches_per_s"] > 0 and res["end_to_end_patches_per_s"] > 0
+    assert res["ratio"] == pytest.approx(res["end_to_end_patches_per_s"] / res["model_only_patches_per_s"], rel=0.01)
+    assert res["full_extract_slide"]["patches"] > 0 and res["patches_per_pass"] == 8
