@@ -79,14 +79,19 @@ def confusion_tab(df: pd.DataFrame, classes: list[str], version: str, cohort) ->
         st.session_state["an_true"], st.session_state["an_pred"] = first
     selected = (st.session_state["an_true"], st.session_state["an_pred"])
     fig = av.confusion_figure(cm, normalized, selected if selected[0] in classes and selected[1] in classes else None)
-    st.plotly_chart(fig, key="an_cm_chart", on_select=_select_cell, selection_mode="points")
-    av.figure_downloads(fig, f"confusion_{version}", "an_cm_export")
-    av.table_with_download(cm.reset_index(), "confusion", "an_cm")
-    st.caption("Click a cell, or pick it here:")
-    c1, c2 = st.columns(2)
-    true = c1.selectbox("true", classes, key="an_true")
-    pred = c2.selectbox("predicted", classes, key="an_pred")
-    cell_list(cell_slides(df, true, pred), version, cohort, f"{true} predicted as {pred}")
+    left, right = st.columns([3, 2], gap="large")
+    with left:
+        st.plotly_chart(fig, key="an_cm_chart", on_select=_select_cell, selection_mode="points")
+        st.caption("Export the figure")
+        av.figure_downloads(fig, f"confusion_{version}", "an_cm_export")
+        with st.expander("Confusion table"):
+            av.table_with_download(cm.reset_index(), "confusion", "an_cm")
+    with right:
+        st.caption("Click a cell, or pick it here:")
+        c1, c2 = st.columns(2)
+        true = c1.selectbox("true", classes, key="an_true")
+        pred = c2.selectbox("predicted", classes, key="an_pred")
+        cell_list(cell_slides(df, true, pred), version, cohort, f"{true} predicted as {pred}")
 
 
 def cell_list(sel: pd.DataFrame, version: str, cohort, title: str) -> None:
@@ -99,12 +104,12 @@ def cell_list(sel: pd.DataFrame, version: str, cohort, title: str) -> None:
         "viewer": st.column_config.LinkColumn("viewer", display_text="open in viewer"),
         "confidence": st.column_config.ProgressColumn("confidence", min_value=0.0, max_value=1.0, format="%.2f")})
     paths = cohort.slide_paths
-    cols = st.columns(4)
+    cols = st.columns(3)
     for i, row in enumerate(sel.head(MAX_THUMBS).itertuples()):
-        with cols[i % 4]:
+        with cols[i % 3]:
             img = av.thumbnail_jpeg(paths.get(row.image_id), cache_dir=cohort.cache_dir)
             if img:
-                st.image(img, width=160)
+                st.image(img, width=140)
             else:
                 st.caption("no thumbnail")
             st.markdown(f'<a href="{av.viewer_link(row.image_id, version)}" target="_self" class="an-viewer-link">'

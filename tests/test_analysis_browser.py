@@ -73,7 +73,7 @@ def test_confusion_cell_to_viewer(server: str) -> None:
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1300})
+        page = browser.new_page(viewport={"width": 1400, "height": 950})
         page.goto(f"{server}/analysis", wait_until="domcontentloaded")
         expect(page.get_by_text("Balanced accuracy").first).to_be_visible(timeout=60_000)
         page.get_by_role("tab", name="Confusion").click()

@@ -152,7 +152,7 @@ def table_with_download(df: pd.DataFrame, name: str, key: str, **kwargs: object)
 
 def figure_downloads(fig: go.Figure, name: str, key: str) -> None:
     """PNG/SVG (rendered by kaleido only when clicked) and HTML downloads of a figure."""
-    cols = st.columns(3)
+    cols = st.columns(3, width=360)
     for col, fmt, mime in ((cols[0], "png", "image/png"), (cols[1], "svg", "image/svg+xml")):
         with col:
             st.download_button(f"{fmt.upper()}", data=lambda f=fmt: _render(fig, f), file_name=f"{name}.{fmt}",
