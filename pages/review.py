@@ -117,9 +117,11 @@ def main() -> None:
     except SlideLensError as exc:
         st.error(str(exc))
         return
-    reviewer_input()
+    top = st.columns([2, 1])
+    reviewer_input(top[0])
     versions = model_versions(cohort)
-    version = st.selectbox("Model version", versions, index=len(versions) - 1, key="rv_version") if versions else None
+    version = (top[1].selectbox("Model version", versions, index=len(versions) - 1, key="rv_version")
+               if versions else None)
     try:
         view = load_model_view(cohort, version)
         queue_all = build_queue(cohort, store, version, view=view)
@@ -140,7 +142,7 @@ def main() -> None:
     ids = queue["image_id"].tolist()
     st.caption(f"{len(queue)} of {len(queue_all)} slides in the queue "
                f"({int(queue_all['reviewed'].sum())} reviewed so far)")
-    left, right = st.columns([3, 2])
+    left, right = st.columns([1, 1])
     with left:
         st.dataframe(queue[TABLE_COLS], hide_index=True, key="rv_table", on_select=partial(_on_table_select, ids),
                      selection_mode="single-row", width="stretch",

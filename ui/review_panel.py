@@ -130,9 +130,9 @@ def relabel_panel(cohort: Cohort, image_id: str, *, model_version: str | None = 
     if thumbnail:
         from ui.analysis_views import thumbnail_jpeg
 
-        img = thumbnail_jpeg(cohort.slide_paths.get(image_id), 320, cohort.cache_dir)
+        img = thumbnail_jpeg(cohort.slide_paths.get(image_id), 240, cohort.cache_dir)
         if img is not None:
-            st.image(img, width=320)
+            st.image(img, width=240)
     st.link_button("Open in viewer", f"/viewer?slide={quote(image_id)}" + (f"&model={quote(mv)}" if mv else ""))
     original = store.source_labels().get(image_id)
     c1, c2 = st.columns(2)
@@ -164,7 +164,7 @@ def relabel_panel(cohort: Cohort, image_id: str, *, model_version: str | None = 
         st.form_submit_button("Save label", type="primary", on_click=_label_submit,
                               args=(store, image_id, v, p, mv, on_done))
     keys = dict(zip("aoxsn", ("Alt+A", "Alt+O", "Alt+X", "Alt+S", "Alt+N"), strict=True)) if shortcuts else {}
-    b = st.columns(5)
+    b = st.columns(3) + st.columns(3)  # two rows, always in this order
     b[0].button("Accept label", key=f"{p}_accept", on_click=_act, shortcut=keys.get("a"), disabled=not state.label,
                 args=(store, image_id, v, {"label": state.label}, "accepted", mv, on_done))
     b[1].button("Unflag outlier" if state.outlier else "Flag outlier", key=f"{p}_outlier", on_click=_act,
