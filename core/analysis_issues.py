@@ -3,7 +3,10 @@
 Each slide's given label is scored by how much the out-of-fold model believes another class: the normalised
 margin (best other class minus given class), with probabilities first divided by per-class thresholds (the mean
 self-confidence of each class) so that a model that is shy about a hard class does not flood the ranking with it.
-``rank_label_issues`` is the one public entry point (the quality benchmark calls it).
+Slides whose ``ood_score`` is far above the cohort's (robust z-score) look like outlier tissue rather than a
+mislabelled class: their score is halved and their suggested label is "Other", so they do not crowd out the real
+label errors (they belong in the outlier review). ``rank_label_issues`` is the one public entry point (the quality
+benchmark calls it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from core.errors import InputError
 
 Method = Literal["normalized_margin", "self_confidence", "confident_learning"]
 ISSUE_COLUMNS = ["image_id", "given_label", "suggested_label", "score", "rank"]
+OUTLIER_LABEL = "Other"
 
 
 def class_thresholds(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -63,13 +67,27 @@ def label_issue_scores(y: np.ndarray, probs: np.ndarray, method: Method = "norma
     raise InputError(f"unknown label-issue method {method!r}")
 
 
-def rank_label_issues(oof_df: pd.DataFrame, classes: Sequence[str],
-                      method: Method = "normalized_margin") -> pd.DataFrame:
+def ood_outliers(ood: np.ndarray, z_max: float = 3.5) -> np.ndarray:
+    """Slides whose OOD score is more than ``z_max`` robust standard deviations (MAD) above the median."""
+    ood = np.asarray(ood, float)
+    ok = np.isfinite(ood)
+    if ok.sum() < 5:
+        return np.zeros(len(ood), bool)
+    med = np.median(ood[ok])
+    mad = 1.4826 * np.median(np.abs(ood[ok] - med))
+    if mad <= 0:
+        return np.zeros(len(ood), bool)
+    return ok & ((ood - med) / mad > z_max)
+
+
+def rank_label_issues(oof_df: pd.DataFrame, classes: Sequence[str], method: Method = "normalized_margin",
+                      ood_z: float | None = 3.5) -> pd.DataFrame:
     """Slides ordered by how likely their given label is wrong (rank 1 = most likely wrong).
 
     ``oof_df`` is a ``join_predictions`` table of out-of-fold predictions (columns ``image_id``, ``label``,
-    ``prob_<class>``); unscored rows ("Other", outliers) are left out. ``suggested_label`` is the most likely
-    class other than the given one. Columns: image_id, given_label, suggested_label, score, rank.
+    ``prob_<class>``, optional ``ood_score``); unscored rows ("Other", outliers) are left out. ``suggested_label``
+    is the most likely class other than the given one, or "Other" for slides whose ``ood_score`` is an outlier
+    (robust z > ``ood_z``; ``None`` turns this off). Columns: image_id, given_label, suggested_label, score, rank.
     """
     classes = list(classes)
     sc = scored_rows(oof_df)
@@ -83,8 +101,13 @@ def rank_label_issues(oof_df: pd.DataFrame, classes: Sequence[str],
     score = label_issue_scores(y, probs, method)
     other = probs.copy()
     other[np.arange(len(y)), y] = -np.inf
+    suggested = np.asarray(classes, dtype=object)[other.argmax(axis=1)]
+    if ood_z is not None and "ood_score" in sc.columns:
+        odd = ood_outliers(pd.to_numeric(sc["ood_score"], errors="coerce").to_numpy(float), ood_z)
+        score = np.where(odd, score / 2.0, score)
+        suggested = np.where(odd, OUTLIER_LABEL, suggested)
     out = pd.DataFrame({"image_id": sc["image_id"].astype(str).to_numpy(), "given_label": sc["label"].to_numpy(),
-                        "suggested_label": np.asarray(classes, dtype=object)[other.argmax(axis=1)],
+                        "suggested_label": suggested,
                         "score": score, "_self": 1.0 - probs[np.arange(len(y)), y]})
     out = out.sort_values(["score", "_self", "image_id"], ascending=[False, False, True], ignore_index=True)
     out["rank"] = np.arange(1, len(out) + 1)

@@ -29,6 +29,7 @@ from core.analysis import (
     metrics_by,
 )
 from core.analysis_issues import planted_recall, rank_label_issues
+from core.cli import main as cli_main
 from core.errors import InputError
 
 CLASSES = ["CC", "EC", "HGSC"]
@@ -202,6 +203,25 @@ def test_label_issues_find_planted_flips(seed: int) -> None:
     assert (top["given_label"] != top["suggested_label"]).all()
 
 
+def test_label_issues_demote_ood_slides() -> None:
+    df, planted = synthetic_oof(1)
+    # four unflagged outlier slides: confidently 'wrong' like a noisy label, but with a far-off OOD score
+    odd = ["s0", "s1", "s2", "s3"]
+    df["ood_score"] = np.random.default_rng(0).normal(1.0, 0.1, len(df))
+    for i in odd:
+        wrong = [c for c in CLASSES if c != df.loc[df["image_id"] == i, "label"].iloc[0]][0]
+        df.loc[df["image_id"] == i, [f"prob_{c}" for c in CLASSES]] = [0.96 if c == wrong else 0.02 for c in CLASSES]
+        df.loc[df["image_id"] == i, "ood_score"] = 5.0
+    planted = [p for p in planted if p not in odd]
+    issues = rank_label_issues(df, CLASSES).set_index("image_id")
+    assert (issues.loc[odd, "suggested_label"] == "Other").all()
+    assert planted_recall(issues.reset_index(), planted) >= 0.8
+    plain = rank_label_issues(df, CLASSES, ood_z=None).set_index("image_id")
+    window = int(np.ceil(1.5 * len(planted)))
+    assert (plain.loc[odd, "rank"] <= window).all()  # without the OOD check they crowd the top of the list
+    assert (issues.loc[odd, "rank"] > window).all()
+
+
 def test_label_issues_skip_other_and_outliers() -> None:
     preds, lab = table(["CC", "EC", "Other", "HGSC"], [[.9, .05, .05], [.9, .05, .05], [.1, .1, .8], [.1, .1, .8]],
                        {"is_outlier": [0, 0, 0, 1]})
@@ -219,12 +239,11 @@ def write_inputs(tmp: Path) -> tuple[Path, Path]:
     return pred, lab
 
 
-def test_cli_writes_report(tmp_path: Path) -> None:
+def test_cli_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pred, lab = write_inputs(tmp_path)
     out = tmp_path / "report"
-    r = subprocess.run([sys.executable, "-m", "core", "analyze", "--predictions", str(pred), "--labels", str(lab),
-                        "--out", str(out)], capture_output=True, text=True, cwd=Path(__file__).parents[1])
-    assert r.returncode == 0, r.stderr
+    assert cli_main(["analyze", "--predictions", str(pred), "--labels", str(lab), "--out", str(out)]) == 0
+    assert "balanced accuracy" in capsys.readouterr().out
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"overall", "per_class", "per_slide_kind"}
     assert set(metrics["per_slide_kind"]) == {"TMA", "WSI"} and set(metrics["per_class"]) == set(CLASSES)
@@ -239,6 +258,7 @@ def test_cli_writes_report(tmp_path: Path) -> None:
 
 
 def test_cli_bad_predictions_one_line(tmp_path: Path) -> None:
+    """The real entry point in a subprocess: exit code 2 and one line naming the file."""
     pred, lab = write_inputs(tmp_path)
     pred.write_text("image_id,pred\ns0,CC\n")
     r = subprocess.run([sys.executable, "-m", "core", "analyze", "--predictions", str(pred), "--labels", str(lab),
@@ -246,3 +266,19 @@ def test_cli_bad_predictions_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and str(pred) in r.stderr and "prob_" in r.stderr
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_cli_cohort_and_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pred, lab = write_inputs(tmp_path)
+    for v in ("v001-abmil", "v002-abmil"):
+        (tmp_path / "models" / v).mkdir(parents=True)
+        (tmp_path / "models" / v / "model.json").write_text(json.dumps({"classes": CLASSES}))
+        (tmp_path / "models" / v / "oof_predictions.csv").write_bytes(pred.read_bytes())
+    (tmp_path / "cohort.toml").write_text('name = "t"\nlabels = "labels.csv"\n')
+    out = tmp_path / "rep"
+    assert cli_main(["analyze", "--cohort", str(tmp_path / "cohort.toml"), "--version", "v001-abmil",
+                     "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["overall"]["n"] == 60
+    assert cli_main(["analyze", "--cohort", str(tmp_path), "--version", "v009-x", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "v009-x" in err and "v001-abmil, v002-abmil" in err
