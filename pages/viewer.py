@@ -116,10 +116,15 @@ def choose_slide(table: pd.DataFrame) -> str | None:
         sb.info("No slide matches these filters.")
         return None
     sb.caption(f"{len(rows)} of {len(table)} slides")
-    chosen = sb.selectbox("Slide", ids, key="viewer_slide")
+    chosen = sb.selectbox("Slide", ids, key="viewer_slide", on_change=_slide_to_url)
     if st.query_params.get("slide") != chosen:
         st.query_params["slide"] = chosen
     return chosen
+
+
+def _slide_to_url() -> None:
+    # runs before the script: the URL already names the new slide when choose_slide reads it
+    st.query_params["slide"] = st.session_state["viewer_slide"]
 
 
 def overlay_controls(classes: list[str], n_heads: int) -> OverlayStyle:

@@ -15,7 +15,8 @@ PATCH = 64  # level-0 patch side of the synthetic slides
 CLASSES = ["benign", "tumor"]
 
 
-def write_pyramid(path: Path, width: int, height: int, levels: int = 3, mpp: float = 0.5, seed: int = 0) -> Path:
+def write_pyramid(path: Path, width: int, height: int, levels: int = 3, mpp: float | None = 0.5,
+                  seed: int = 0) -> Path:
     """A tiled pyramidal TIFF of pink 'tissue' blobs; each level is the previous one halved, rounding up."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width]
@@ -29,11 +30,11 @@ def write_pyramid(path: Path, width: int, height: int, levels: int = 3, mpp: flo
         prev = arrays[-1]
         w, h = -(-prev.shape[1] // 2), -(-prev.shape[0] // 2)  # rounded up: odd sizes stay odd-ish
         arrays.append(np.asarray(Image.fromarray(prev).resize((w, h), Image.Resampling.BOX)))
-    res = 1e4 / mpp  # pixels per centimetre
+    res = {} if mpp is None else {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
     with tifffile.TiffWriter(path) as tif:
         for i, arr in enumerate(arrays):
             tif.write(arr, tile=(64, 64), photometric="rgb", compression="jpeg", subfiletype=0 if i == 0 else 1,
-                      resolution=(res, res), resolutionunit="CENTIMETER", metadata=None)
+                      metadata=None, **res)
     return path
 
 
@@ -56,6 +57,23 @@ def write_attention(path: Path, coords: np.ndarray, attention: np.ndarray, patch
         f.attrs["patch_size_level0"] = patch
         f.attrs["classes"] = json.dumps(classes or CLASSES)
     return path
+
+
+def add_sample_attention(root: Path, version: str = "v001-abmil") -> None:
+    """Attention on the real sample slide's tissue patches: a hot spot, so the overlay shows a clear pattern."""
+    from core.slides import open_slide
+    from core.tiling import patch_grid
+
+    slide = open_slide(SAMPLE_SVS)
+    grid = patch_grid(slide, 128, 0.5, min_tissue=0.1)
+    centre = grid.coords.mean(axis=0) + [300, -500]
+    d2 = ((grid.coords - centre) ** 2).sum(axis=1) / 700.0**2
+    a = np.exp(-d2)[:, None] * [1.0, 0.3] + np.random.default_rng(5).random((len(grid), 2)) * 0.15
+    a = a / a.sum(axis=0, keepdims=True)
+    write_attention(root / "results" / version / "attention" / f"{SAMPLE_SVS.stem}.h5", grid.coords, a,
+                    patch=grid.patch_size_level0, version=version)
+    with (root / "results" / version / "predictions.csv").open("a") as f:
+        f.write(f"{SAMPLE_SVS.stem},tumor,0.35,0.65,0.2\n")
 
 
 def build_cohort(root: Path, version: str = "v001-abmil", with_svs: bool = True) -> Path:

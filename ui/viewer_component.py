@@ -45,6 +45,6 @@ def slide_viewer(slide: dict[str, Any], overlay: dict[str, Any] | None = None, g
 
     ``goto`` = {x, y, w, h, nonce} (level-0 box) pans and zooms to that box once per new ``nonce``.
     """
-    data = {**slide, "overlay": overlay, "goto": goto, "height": height}
+    data = {**slide, "overlay": overlay, "goto": goto, "view_height": height}
     result = _component()(data=data, key=key, default={"viewport": None}, on_viewport_change=lambda: None)
     return result.get("viewport") if hasattr(result, "get") else getattr(result, "viewport", None)

@@ -195,7 +195,7 @@ export default function (component) {
   }
   const st = root.__slv || build(root);
   st.data = data;
-  st.osd.style.height = `${data.height || 600}px`;
+  st.osd.style.height = `${data.view_height || 600}px`;
   loadOsd().then((OSD) => {
     if (!st.viewer) create(st, OSD, setStateValue);
     if (st.imageId !== data.image_id) {
