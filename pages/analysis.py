@@ -83,7 +83,8 @@ def confusion_tab(df: pd.DataFrame, classes: list[str], version: str, cohort) ->
     with left:
         st.plotly_chart(fig, key="an_cm_chart", on_select=_select_cell, selection_mode="points")
         st.caption("Export the figure")
-        av.figure_downloads(fig, f"confusion_{version}", "an_cm_export")
+        av.figure_downloads(av.confusion_figure(cm, normalized, interactive=False), f"confusion_{version}",
+                            "an_cm_export")
         with st.expander("Confusion table"):
             av.table_with_download(cm.reset_index(), "confusion", "an_cm")
     with right:

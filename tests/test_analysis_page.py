@@ -146,3 +146,15 @@ def test_page_without_models_or_with_bad_file(monkeypatch: pytest.MonkeyPatch, t
     (tmp_path / "bad" / "models" / "v001-abmil" / "oof_predictions.csv").write_text("image_id,pred\ns00,CC\n")
     at = run_page(monkeypatch, toml)
     assert len(at.error) == 1 and "oof_predictions.csv" in at.error[0].value and "prob_" in at.error[0].value
+
+
+def test_confusion_export_renders_svg_and_png() -> None:
+    from ui.analysis_views import confusion_figure, render_figure
+
+    cm = pd.DataFrame([[3, 0], [1, 2]], index=pd.Index(["CC", "EC"], name="true"),
+                      columns=pd.Index(["CC", "EC"], name="pred"))
+    fig = confusion_figure(cm, normalized=False, interactive=False)
+    assert len(fig.data) == 1  # the export has no selection markers
+    svg = render_figure(fig, "svg")
+    assert svg.startswith(b"<svg") and b"EC" in svg and b"Confusion matrix" in svg
+    assert render_figure(fig, "png")[:8] == b"\x89PNG\r\n\x1a\n"

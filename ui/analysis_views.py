@@ -61,13 +61,21 @@ def viewer_link(image_id: str, version: str) -> str:
     return "/viewer?" + urlencode({"slide": image_id, "model": version})
 
 
-def confusion_figure(cm: pd.DataFrame, normalized: bool, selected: tuple[str, str] | None = None) -> go.Figure:
-    """Heatmap of the confusion matrix (true on y, predicted on x) with a clickable marker on each cell."""
+def confusion_figure(cm: pd.DataFrame, normalized: bool, selected: tuple[str, str] | None = None,
+                     interactive: bool = True) -> go.Figure:
+    """Heatmap of the confusion matrix (true on y, predicted on x); ``interactive`` adds a clickable marker per cell
+    (for selection in the page), otherwise the figure is the clean one for export."""
     classes_y, classes_x = [str(c) for c in cm.index], [str(c) for c in cm.columns]
     z = cm.to_numpy(float)
     text = [[f"{v:.2f}" if normalized else f"{int(v)}" for v in row] for row in z]
     fig = go.Figure(go.Heatmap(z=z, x=classes_x, y=classes_y, colorscale="Blues", showscale=True,
+                               text=text, texttemplate=None if interactive else "%{text}",
                                hovertemplate="true %{y}<br>predicted %{x}<br>%{z}<extra></extra>"))
+    if not interactive:
+        fig.update_layout(xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                          title="Confusion matrix (" + ("row-normalised" if normalized else "counts") + ")",
+                          margin={"l": 90, "r": 30, "t": 60, "b": 70}, font={"size": 16})
+        return fig
     xs, ys, cd, txt = [], [], [], []
     for i, t in enumerate(classes_y):
         for j, p in enumerate(classes_x):
@@ -155,14 +163,16 @@ def figure_downloads(fig: go.Figure, name: str, key: str) -> None:
     cols = st.columns(3, width=360)
     for col, fmt, mime in ((cols[0], "png", "image/png"), (cols[1], "svg", "image/svg+xml")):
         with col:
-            st.download_button(f"{fmt.upper()}", data=lambda f=fmt: _render(fig, f), file_name=f"{name}.{fmt}",
+            st.download_button(f"{fmt.upper()}", data=lambda f=fmt: render_figure(fig, f), file_name=f"{name}.{fmt}",
                                mime=mime, key=f"{key}_{fmt}", on_click="ignore")
     with cols[2]:
-        st.download_button("HTML", fig.to_html(include_plotlyjs="cdn").encode(), file_name=f"{name}.html",
+        # self-contained (plotly.js inside) so it opens offline; built only when clicked
+        st.download_button("HTML", data=lambda: fig.to_html(include_plotlyjs=True).encode(), file_name=f"{name}.html",
                            mime="text/html", key=f"{key}_html", on_click="ignore")
 
 
-def _render(fig: go.Figure, fmt: str) -> bytes:
+def render_figure(fig: go.Figure, fmt: str) -> bytes:
+    """The figure as PNG or SVG bytes (kaleido); empty bytes and a page error if it cannot render."""
     try:
         return fig.to_image(format=fmt, width=900, height=700)
     except Exception as exc:  # kaleido needs a local Chrome; say so instead of failing the page
