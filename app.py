@@ -9,15 +9,38 @@ from __future__ import annotations
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.tiles import tile_routes
+from core.cohort import DEFAULT_DEMO_DIR
+from core.errors import SlideLensError
+from core.firstrun import demo_is_complete
+from core.tiles import register_cohort, tile_routes
+from ui.cohort_switcher import cohort_switcher
+from ui.context import cohort_path, current_cohort
+from ui.firstrun_view import first_run_screen
 
 app = st.App("app.py", routes=tile_routes())
 
 
 def main() -> None:
-    """The navigation over the pages."""
-    st.set_page_config(page_title="SlideLens", layout="wide")
-    pages = [st.Page("pages/viewer.py", title="Viewer", icon=":material/biotech:", url_path="viewer")]
+    """First run (build the demo) if needed, the cohort chooser, then the navigation over the pages."""
+    st.set_page_config(page_title="SlideLens", layout="wide", page_icon=":material/biotech:")
+    path = cohort_path()
+    if not path.is_file() and path.resolve() == (DEFAULT_DEMO_DIR / "cohort.toml").resolve():
+        first_run_screen(DEFAULT_DEMO_DIR)
+        return
+    if path.parent.resolve() == DEFAULT_DEMO_DIR.resolve() and not demo_is_complete(DEFAULT_DEMO_DIR):
+        first_run_screen(DEFAULT_DEMO_DIR)  # the slides exist but a stage (features, model, ...) is missing
+        return
+    cohort_switcher()
+    try:
+        register_cohort(current_cohort())  # the tile routes serve this cohort's slides
+    except SlideLensError as exc:
+        st.error(str(exc))
+    pages = [
+        st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
+        st.Page("pages/viewer.py", title="Viewer", icon=":material/biotech:", url_path="viewer"),
+        st.Page("pages/analysis.py", title="Error analysis", icon=":material/analytics:", url_path="analysis"),
+        st.Page("pages/review.py", title="Review queue", icon=":material/rule:", url_path="review"),
+    ]
     st.navigation(pages).run()
 
 

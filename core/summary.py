@@ -1,0 +1,115 @@
+"""What the home page says about a cohort: its make-up, its model, and what needs a reviewer's attention."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from core.cohort import Cohort
+from core.errors import SlideLensError
+from core.labels import read_labels
+
+
+@dataclass
+class CohortSummary:
+    """Numbers for the home page; ``problems`` holds one-line messages for anything that could not be read."""
+
+    name: str
+    n_slides: int = 0
+    n_labelled: int = 0
+    classes: tuple[str, ...] = ()
+    class_counts: dict[str, int] = field(default_factory=dict)
+    n_wsi: int | None = None
+    n_tma: int | None = None
+    versions: list[str] = field(default_factory=list)
+    version: str | None = None
+    model: str | None = None
+    balanced_accuracy: float | None = None  # out-of-fold, against the current (reviewed) labels
+    queue_size: int | None = None
+    likely_outliers: int | None = None
+    disagreements: int | None = None  # reviewed label differs from the model's prediction
+    reviewed: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+def _kinds(df: pd.DataFrame) -> tuple[int | None, int | None]:
+    if "is_tma" not in df.columns:
+        return None, None
+    tma = df["is_tma"].astype(str).str.strip().str.lower().isin({"1", "true", "yes", "t"})
+    return int((~tma).sum()), int(tma.sum())
+
+
+def cohort_summary(cohort: Cohort) -> CohortSummary:
+    """Collect the home page's figures; each part that fails adds a problem line instead of failing the page."""
+    s = CohortSummary(name=cohort.name, n_slides=len(cohort.slide_paths))
+    labels_df = None
+    if cohort.labels is not None:
+        try:
+            table = read_labels(cohort.labels)
+            labels_df = table.df
+            s.classes = table.classes
+            s.n_labelled = int((labels_df["label"] != "").sum())
+            s.class_counts = {str(k): int(v) for k, v in labels_df["label"].value_counts().sort_index().items()}
+            s.n_wsi, s.n_tma = _kinds(labels_df)
+        except SlideLensError as exc:
+            s.problems.append(str(exc))
+    _model_part(cohort, s)
+    _review_part(cohort, s)
+    return s
+
+
+def _model_part(cohort: Cohort, s: CohortSummary) -> None:
+    from core.review import load_model_view, model_versions
+
+    try:
+        s.versions = model_versions(cohort)
+        view = load_model_view(cohort)
+    except SlideLensError as exc:
+        s.problems.append(str(exc))
+        return
+    s.version = view.version
+    s.model = view.meta.get("model")
+    thr = view.ood_threshold
+    if thr is not None and not view.predictions.empty and "ood_score" in view.predictions.columns:
+        s.likely_outliers = int((pd.to_numeric(view.predictions["ood_score"], errors="coerce") > thr).sum())
+
+
+def _review_part(cohort: Cohort, s: CohortSummary) -> None:
+    from core.analysis import compute_metrics, join_predictions
+    from core.review import build_queue, load_model_view, open_cohort_store
+
+    try:
+        store = open_cohort_store(cohort)
+        view = load_model_view(cohort)
+        states = store.state_table()
+    except SlideLensError as exc:
+        s.problems.append(str(exc))
+        return
+    if states.empty:
+        return
+    s.reviewed = len({row.image_id for row in store.history() if row.reviewer != "import"})
+    current = states[["image_id", "label"]].copy()
+    if view.version is None:
+        return
+    try:
+        classes = view.classes
+        if not view.oof.empty:
+            joined = join_predictions(view.oof, current, classes)
+            s.balanced_accuracy = _float(compute_metrics(joined, classes).get("balanced_accuracy"))
+        if not view.predictions.empty:
+            merged = view.predictions[["image_id", "pred"]].merge(current, on="image_id")
+            merged = merged[merged["label"].isin(classes)]
+            s.disagreements = int((merged["pred"] != merged["label"]).sum())
+        queue = build_queue(cohort, store, view.version, view=view)
+        s.queue_size = int((queue["n_reasons"] > 0).sum()) if not queue.empty else 0
+    except SlideLensError as exc:
+        s.problems.append(str(exc))
+
+
+def _float(v: Any) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
