@@ -167,7 +167,8 @@ def main() -> None:
     with right:
         relabel_panel(cohort, image_id, model_version=version, prediction=pred_row,
                       reasons=str(row["reasons"]) if pd.notna(row["reasons"]) else "",
-                      on_done=partial(_next_slide, ids, image_id), key="rv", shortcuts=True)
+                      on_done=partial(_next_slide, ids, image_id), key="rv", shortcuts=True,
+                      ask_name=False)
 
 
 main()

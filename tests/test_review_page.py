@@ -119,3 +119,20 @@ def test_slide_query_parameter_opens_that_slide(monkeypatch: pytest.MonkeyPatch,
     at.run()
     assert at.selectbox(key="rv_slide").value == "s07"
     assert at.metric[0].value == "normal"
+
+
+def test_panel_as_the_viewer_calls_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """relabel_panel(cohort, image_id) alone (as beside the viewer) asks for the name and saves audited edits."""
+    toml = make_review_cohort(tmp_path / "c")
+    monkeypatch.setenv("SLIDELENS_COHORT", str(toml))
+    monkeypatch.syspath_prepend(str(ROOT))
+    at = AppTest.from_string("from ui.context import current_cohort\nfrom ui.review_panel import relabel_panel\n"
+                             "relabel_panel(current_cohort(), 's03')\n", default_timeout=60)
+    at.run()
+    assert not at.exception, at.exception
+    at.text_input(key="reviewer").set_value("vera").run()
+    _button(at, "Second opinion").click().run()
+    assert not at.exception
+    state = open_cohort_store(load_cohort(toml)).state("s03")
+    assert state.second_opinion and state.updated_by == "vera"
+    assert _button(at, "Clear 2nd opinion") is not None

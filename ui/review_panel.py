@@ -112,10 +112,11 @@ def history_table(store: Store, image_id: str) -> pd.DataFrame:
 
 def relabel_panel(cohort: Cohort, image_id: str, *, model_version: str | None = None, prediction: dict | None = None,
                   reasons: str = "", on_done: Callable[[], None] | None = None, key: str = "rp",
-                  thumbnail: bool = True, shortcuts: bool = False) -> None:
+                  thumbnail: bool = True, shortcuts: bool = False, ask_name: bool = True) -> None:
     """Review one slide: label, prediction, reasons, actions (accept, change, outlier, exclude, second opinion,
     note, skip) and its audit history. ``on_done`` runs after each successful action (e.g. go to the next slide);
-    ``shortcuts`` adds Alt+A/O/X/S/N keys to the action buttons."""
+    ``shortcuts`` adds Alt+A/O/X/S/N keys to the action buttons; ``ask_name`` shows the reviewer-name box
+    (leave it on beside the viewer; the review page shows its own)."""
     try:
         store = cohort_store(cohort)
         state = store.state(image_id)
@@ -123,6 +124,8 @@ def relabel_panel(cohort: Cohort, image_id: str, *, model_version: str | None = 
     except SlideLensError as exc:
         st.error(str(exc))
         return
+    if ask_name:
+        reviewer_input()
     reviewer = current_reviewer()
     p = f"{key}_{image_id}_{state.version}"  # fresh widgets whenever the slide's version changes
     v, mv = state.version, model_version
