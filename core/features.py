@@ -161,6 +161,14 @@ def read_features(path: str | Path) -> FeatureBag:
     )
 
 
+def find_features(feature_dir: str | Path) -> dict[str, Path]:
+    """image_id -> features file for every finished ``<image_id>.h5`` in ``feature_dir`` (temp files ignored)."""
+    folder = Path(feature_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: features folder not found")
+    return {p.stem: p for p in sorted(folder.glob(f"*{FEATURES_SUFFIX}")) if not p.name.startswith(".")}
+
+
 def is_valid_features(path: str | Path) -> bool:
     """True when ``path`` is a complete, readable features file (used to skip slides already done)."""
     try:
@@ -243,7 +251,8 @@ class PatchDataset(torch.utils.data.Dataset):
                                               self.default_mpp)
             return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)), ""
         except Exception as exc:  # reported by the consumer as one line naming the slide
-            return torch.zeros((self.patch_size, self.patch_size, 3), dtype=torch.uint8), f"{type(exc).__name__}: {exc}"
+            msg = str(exc) if isinstance(exc, SlideLensError) else f"{type(exc).__name__}: {exc}"
+            return torch.zeros((self.patch_size, self.patch_size, 3), dtype=torch.uint8), msg
 
 
 def _worker_init(_: int) -> None:
@@ -283,7 +292,7 @@ def extract_slide(slide_path: str | Path, out_path: str | Path, backbone: Backbo
         for batch, errors in loader:
             bad = next((e for e in errors if e), None)
             if bad:
-                raise SlideError(slide_path, f"reading patches failed: {bad}")
+                raise SlideError(slide_path, f"reading patches failed: {bad.removeprefix(f'{slide_path}: ')}")
             feats[done:done + len(batch)] = embed(backbone, batch).numpy()
             done += len(batch)
             if progress:
