@@ -285,3 +285,19 @@ def test_bench_extract_writes_its_figures(tmp_path: Path, capsys: pytest.Capture
     assert res["model_only_patches_per_s"] > 0 and res["end_to_end_patches_per_s"] > 0
     assert res["ratio"] == pytest.approx(res["end_to_end_patches_per_s"] / res["model_only_patches_per_s"], rel=0.01)
     assert res["full_extract_slide"]["patches"] > 0 and res["patches_per_pass"] == 8
+
+
+def test_extract_cli_with_cohort_uses_its_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "slides").mkdir()
+    shutil.copy(SVS, tmp_path / "slides" / "a.svs")
+    shutil.copy(SVS, tmp_path / "slides" / "b.svs")
+    (tmp_path / "cohort.toml").write_text(
+        'name = "t"\nslides = "slides"\nfeatures = "feats"\n'
+        f"[patches]\npatch_size = {PATCH}\ntarget_mpp = {FEW_MPP}\nmin_tissue = 0.0\n[mpp]\na = 0.25\n")
+    assert cli_main(["extract", "--cohort", str(tmp_path / "cohort.toml"), "--workers", "0", "--device", "cpu"]) == 0
+    assert "extracted 2" in capsys.readouterr().err
+    a, b = read_features(tmp_path / "feats" / "a.h5"), read_features(tmp_path / "feats" / "b.h5")
+    assert a.attrs["patch_size"] == PATCH and a.mpp == FEW_MPP
+    assert a.patch_size_level0 == round(PATCH * FEW_MPP / 0.25)  # the cohort's per-slide mpp override
+    assert b.patch_size_level0 == round(PATCH * FEW_MPP / open_slide(SVS).mpp)
+    assert len(a) < len(b)
