@@ -157,7 +157,8 @@ def create_timm_model(name: str = DEFAULT_BACKBONE, weights: str | Path | None =
     """
     import timm
 
-    arch = _LITE0_ARCH if name == DEFAULT_BACKBONE else name
+    packaged = name == DEFAULT_BACKBONE and weights is None
+    arch = _LITE0_ARCH if packaged else name  # user weights for efficientnet_lite0 get timm's own architecture
     kwargs: dict[str, Any] = {} if num_classes is None else {"num_classes": num_classes}
     try:
         model = timm.create_model(arch, pretrained=False, **kwargs)
@@ -167,7 +168,7 @@ def create_timm_model(name: str = DEFAULT_BACKBONE, weights: str | Path | None =
     if weights is not None:
         _load_into(model, load_state_dict_file(weights), str(weights))
         source = str(weights)
-    elif name == DEFAULT_BACKBONE:
+    elif packaged:
         path = lite0_package_weights()
         _load_into(model, load_state_dict_file(path), str(path))
         source = f"package:{_LITE0_PACKAGE}"
@@ -183,7 +184,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(f"device {device!r}: CUDA is not available on this machine")
     cfg = timm.data.resolve_data_config({}, model=model)
-    if name == DEFAULT_BACKBONE:  # TF-trained lite weights expect [-1, 1] inputs
+    if name == DEFAULT_BACKBONE and weights is None:  # the packaged TF-trained weights expect [-1, 1] inputs
         cfg["mean"], cfg["std"] = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
     model = model.to(dev)
     if dev.startswith("cuda"):

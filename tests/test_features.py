@@ -42,13 +42,15 @@ def lite0():
     return create_backbone("efficientnet_lite0", device="cpu")
 
 
-def test_chelsea_is_classified_as_a_cat(lite0) -> None:
-    model, source = create_timm_model("efficientnet_lite0", num_classes=None)
+@pytest.mark.parametrize("explicit", [False, True], ids=["packaged-default", "package-file-as-weights"])
+def test_chelsea_is_classified_as_a_cat(explicit: bool) -> None:
+    weights = lite0_package_weights() if explicit else None  # as --weights: keys are recognised and mapped too
+    model, source = create_timm_model("efficientnet_lite0", weights=weights, num_classes=None)
     assert source is not None and "efficientnet_lite0" in source
+    prep = create_backbone("efficientnet_lite0", weights=weights, device="cpu")  # the matching normalisation
     img = np.asarray(Image.fromarray(data.chelsea()).convert("RGB").resize((224, 224), Image.Resampling.BILINEAR))
-    x = lite0.preprocess(torch.from_numpy(img.copy())[None])
     with torch.inference_mode():
-        probs = model(x).softmax(-1)[0]
+        probs = model(prep.preprocess(torch.from_numpy(img.copy())[None])).softmax(-1)[0]
     top = int(probs.argmax())
     assert 281 <= top <= 285, f"chelsea classified as ImageNet class {top}"
     assert float(probs[281:286].sum()) > 0.8
