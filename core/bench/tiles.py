@@ -1,0 +1,218 @@
+"""``bench tiles``: slide and overlay tile latency over HTTP from the running app, against raw OpenSlide.
+
+Starts ``streamlit run app.py`` (or uvicorn on the bare tile routes) on a free port, fetches each Deep Zoom tile of
+a slide once (cold, as a browser would) and times, in the same run, openslide's ``DeepZoomGenerator.get_tile`` plus
+JPEG encoding of the same tiles on a fresh handle. Targets: slide tile p50 within 1.3x of raw, overlay p95 < 30 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.bench._util import percentiles, write_json
+from core.cohort import Cohort, default_cohort_path, load_cohort
+from core.errors import InputError
+
+REPO = Path(__file__).resolve().parents[2]
+TARGET_RATIO = 1.3
+TARGET_OVERLAY_P95_MS = 30.0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tiles", help="tile and overlay latency over HTTP vs raw OpenSlide (JSON)")
+    p.add_argument("--cohort", help="cohort.toml (default: $SLIDELENS_COHORT or the demo cohort)")
+    p.add_argument("--slide", help="image id in the cohort, or a slide file (default: the largest slide)")
+    p.add_argument("--version", help="model version whose attention to draw (default: any that has it)")
+    p.add_argument("--tiles", type=int, default=200, help="at most this many distinct tiles (default 200)")
+    p.add_argument("--server", choices=("streamlit", "uvicorn"), default="streamlit")
+    p.add_argument("--json", dest="out", help="also write the result here")
+    p.set_defaults(func=run)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pick(args: argparse.Namespace) -> tuple[Path, str, str, tempfile.TemporaryDirectory | None]:
+    """(cohort.toml, image_id, version) to measure; a temporary cohort with synthetic attention if needed."""
+    cohort: Cohort | None = None
+    path = Path(args.cohort) if args.cohort else default_cohort_path()
+    if path.exists():
+        cohort = load_cohort(path)
+    slide_path: Path | None = None
+    if args.slide and Path(args.slide).is_file():
+        slide_path = Path(args.slide)
+    elif cohort is not None and cohort.slide_paths:
+        ids = [args.slide] if args.slide else list(cohort.slide_paths)
+        slide_path = max((cohort.slide_path(i) for i in ids), key=lambda p: p.stat().st_size)
+    if slide_path is None:
+        raise InputError(f"{path}: no cohort with slides; pass --cohort or --slide PATH")
+    image_id = next((k for k, v in (cohort.slide_paths.items() if cohort else []) if v == slide_path), None)
+    if cohort is not None and image_id is not None and cohort.results.is_dir():
+        for version in ([args.version] if args.version else sorted(os.listdir(cohort.results))):
+            if (cohort.results / version / "attention" / f"{image_id}.h5").is_file():
+                return cohort.source or path, image_id, version, None
+    return _synthetic_cohort(slide_path)
+
+
+def _synthetic_cohort(slide_path: Path) -> tuple[Path, str, str, tempfile.TemporaryDirectory]:
+    """A one-slide cohort whose attention is random over the slide's tissue patches (nothing to train first)."""
+    import h5py
+
+    from core.slides import image_id_for, open_slide
+    from core.tiling import patch_grid
+
+    tmp = tempfile.TemporaryDirectory(prefix="slidelens-bench-")
+    root = Path(tmp.name)
+    slide = open_slide(slide_path)
+    grid = patch_grid(slide, 128, 0.5, min_tissue=0.1, default_mpp=0.5)
+    image_id, version = image_id_for(slide_path), "v000-bench"
+    att_dir = root / "results" / version / "attention"
+    att_dir.mkdir(parents=True)
+    with h5py.File(att_dir / f"{image_id}.h5", "w") as f:
+        f["coords"] = grid.coords
+        f["attention"] = np.random.default_rng(0).random(len(grid)).astype(np.float32)
+        f.attrs["patch_size_level0"] = grid.patch_size_level0
+        f.attrs["classes"] = "[]"
+    toml = root / "cohort.toml"
+    toml.write_text(f'name = "bench"\nslides = ["{slide_path.resolve()}"]\ndefault_mpp = 0.5\n')
+    return toml, image_id, version, tmp
+
+
+def _start(server: str, toml: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "SLIDELENS_COHORT": str(toml)}
+    if server == "streamlit":
+        cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    else:
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "core.bench.tiles:_bare_app", "--port", str(port),
+               "--log-level", "warning"]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _bare_app() -> Any:
+    from starlette.applications import Starlette
+
+    from core.tiles import tile_routes
+
+    return Starlette(routes=tile_routes())
+
+
+def _tile_list(dz: Any, limit: int) -> list[tuple[int, int, int]]:
+    """Every tile of the most detailed levels first, then coarser ones, capped at ``limit``, in random order."""
+    out: list[tuple[int, int, int]] = []
+    for level in range(dz.level_count - 1, -1, -1):
+        cols, rows = dz.level_tiles[level]
+        out += [(level, c, r) for c in range(cols) for r in range(rows)]
+        if len(out) >= limit:
+            break
+    out = out[:limit]
+    random.Random(0).shuffle(out)
+    return out
+
+
+def _raw_times(slide_path: Path, tiles: list[tuple[int, int, int]]) -> list[float]:
+    import openslide
+    from openslide.deepzoom import DeepZoomGenerator
+
+    from core.tiles import JPEG_QUALITY
+
+    dz = DeepZoomGenerator(openslide.OpenSlide(str(slide_path)), tile_size=254, overlap=1, limit_bounds=False)
+    times = []
+    for level, col, row in tiles:
+        t = time.perf_counter()
+        buf = io.BytesIO()
+        dz.get_tile(level, (col, row)).convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY)
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def _http_times(client: Any, urls: list[str]) -> list[float]:
+    times = []
+    for url in urls:
+        t = time.perf_counter()
+        r = client.get(url)
+        _ = r.content
+        times.append(time.perf_counter() - t)
+        if r.status_code != 200:
+            raise InputError(f"{url}: HTTP {r.status_code} {r.text[:120]}")
+    return times
+
+
+def run(args: argparse.Namespace) -> int:
+    import httpx
+    from tqdm import tqdm
+
+    from core.slides import open_slide
+
+    toml, image_id, version, tmp = _pick(args)
+    cohort = load_cohort(toml)
+    slide_path = cohort.slide_path(image_id)
+    dz = open_slide(slide_path).deepzoom()
+    tiles = _tile_list(dz, args.tiles)
+    port = _free_port()
+    proc = _start(args.server, toml, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for _ in range(240):
+                try:
+                    if client.get(f"/tiles/{image_id}.dzi").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.25)
+            else:
+                raise InputError(f"the app did not serve /tiles/{image_id}.dzi on {base}")
+            client.get(f"/tiles/{image_id}_files/0/0_0.jpeg")  # open the slide: not part of a tile's latency
+            steps = tqdm(total=4, desc="bench tiles", disable=not sys.stderr.isatty())
+            raw = _raw_times(slide_path, tiles)
+            steps.update()
+            slide_urls = [f"/tiles/{image_id}_files/{lv}/{c}_{r}.jpeg" for lv, c, r in tiles]
+            http = _http_times(client, slide_urls)
+            steps.update()
+            ov = f"/tiles/attention/{version}/{image_id}_files"
+            client.get(f"{ov}/0/0_0.png")  # load the attention file once
+            overlay_urls = [f"{ov}/{lv}/{c}_{r}.png?cmap=inferno&scale=percentile" for lv, c, r in tiles]
+            over = _http_times(client, overlay_urls)
+            steps.update()
+            restyled = [u.replace("inferno", "viridis").replace("percentile", "rank") + "&top=0.5"
+                        for u in overlay_urls]
+            over2 = _http_times(client, restyled)
+            steps.update()
+            steps.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if tmp is not None:
+            tmp.cleanup()
+    raw_s, http_s = percentiles(raw), percentiles(http)
+    over_s = percentiles(over + over2)
+    ratio = round(http_s["p50_ms"] / raw_s["p50_ms"], 3)
+    result = {
+        "bench": "tiles", "server": args.server, "slide": image_id, "dimensions": list(dz.level_dimensions[-1]),
+        "n_tiles": len(tiles), "levels": sorted({t[0] for t in tiles}),
+        "raw_openslide_get_tile_jpeg": raw_s, "http_slide_tiles": http_s, "http_overlay_tiles": over_s,
+        "ratio_p50_http_vs_raw": ratio,
+        "targets": {"ratio_p50": TARGET_RATIO, "overlay_p95_ms": TARGET_OVERLAY_P95_MS},
+        "met": {"ratio_p50": ratio <= TARGET_RATIO, "overlay_p95_ms": over_s["p95_ms"] < TARGET_OVERLAY_P95_MS},
+    }
+    write_json(result, args.out)
+    return 0
