@@ -110,12 +110,14 @@ class _Composer:
         self.mod = _noise(rng, *self.tissue.shape, 400 / (plan.mpp * MASK_DS))
         kind = {"ihc": "ihc", "trichrome": "trichrome"}.get(plan.pattern, "he")
         stain = jittered_stain(rng, kind)
-        if plan.pattern == "lymphoid":
-            normal = lesion = render_sheet("lymphoid", rng, plan.mpp, stain, plan.sheet_um)
+        if plan.is_outlier:  # outliers draw their own "lesion" regions but their truth mask stays empty
+            self.tumour = layout_fields(SlidePlan(**{**plan.__dict__, "pattern": PATTERNS[0]}), rng)[1]
+        if plan.pattern == "lymphoid":  # follicles in a sea of lymphocytes
+            normal = render_sheet("lymphoid", rng, plan.mpp, stain, plan.sheet_um)
+            lesion = render_sheet("follicle", rng, plan.mpp, stain, plan.sheet_um)
         elif plan.is_outlier:  # a different stain over ordinary-looking tissue with a lesion
             normal = render_sheet("stroma", rng, plan.mpp, stain, plan.sheet_um)
             lesion = render_sheet(PATTERNS[int(rng.integers(len(PATTERNS)))], rng, plan.mpp, stain, plan.sheet_um)
-            self.tumour = layout_fields(SlidePlan(**{**plan.__dict__, "pattern": PATTERNS[0]}), rng)[1]
         else:
             normal = render_sheet("stroma", rng, plan.mpp, stain, plan.sheet_um)
             lesion = render_sheet(plan.pattern, rng, plan.mpp, stain, plan.sheet_um)

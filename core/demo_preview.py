@@ -1,4 +1,4 @@
-"""A picture of a demo cohort: one thumbnail per class, an outlier and a TMA, each with its tumour outline."""
+"""A picture of a demo cohort: one thumbnail per class, an outlier and TMAs, each with its tumour outline (green)."""
 
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ def outlined_thumbnail(slide_path: Path, mask_path: Path, size: int, mpp: float 
     return Image.fromarray(arr)
 
 
-def preview_grid(cohort_dir: str | Path, out_png: str | Path, size: int = 300) -> Path:
-    """Save a labelled grid: the first slide of each true class, one outlier and one TMA (JPEG-like PNG, small)."""
+def preview_grid(cohort_dir: str | Path, out_png: str | Path, size: int = 300, n_tma: int = 2) -> Path:
+    """Save a labelled grid: the first WSI of each true class, one outlier and ``n_tma`` TMAs (a small PNG)."""
     cohort_dir = Path(cohort_dir)
     cohort = load_cohort(cohort_dir)
     with open(cohort_dir / "truth" / "truth.csv", newline="") as fh:
@@ -39,11 +39,15 @@ def preview_grid(cohort_dir: str | Path, out_png: str | Path, size: int = 300) -
         if r["is_tma"] == "0" and r["is_outlier"] == "0":
             picks.setdefault(r["true_label"], r)
     picks = dict(sorted(picks.items()))
+    extra = [r for r in rows if r["is_outlier"] == "1"][:1]
+    tmas: dict[str, dict[str, str]] = {}
     for r in rows:
-        if r["is_outlier"] == "1":
-            picks.setdefault(f"outlier ({r['pattern']})", r)
-        if r["is_tma"] == "1":
-            picks.setdefault(f"TMA {r['true_label']}", r)
+        if r["is_tma"] == "1" and len(tmas) < n_tma:
+            tmas.setdefault(r["true_label"], r)
+    for r in extra:
+        picks[f"outlier ({r['pattern']})"] = r
+    for label, r in tmas.items():
+        picks[f"TMA {label} (0.25 mpp)"] = r
     cells = []
     for title, r in picks.items():
         iid = r["image_id"]
@@ -61,6 +65,6 @@ def preview_grid(cohort_dir: str | Path, out_png: str | Path, size: int = 300) -
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_png.with_name(out_png.name + ".part")
-    grid.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
+    grid.quantize(colors=64, method=Image.Quantize.MEDIANCUT).save(tmp, format="PNG", optimize=True)
     tmp.replace(out_png)
     return out_png

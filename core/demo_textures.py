@@ -172,7 +172,7 @@ def stroma(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
     theta = rng.uniform(0, np.pi)
     fib = smooth_noise(rng, n, ctx.um(3), aspect=8, angle=theta)
     loose = smooth_noise(rng, n, ctx.um(60))
-    e = 0.42 + 0.13 * np.tanh(fib) + 0.08 * loose
+    e = 0.42 + 0.13 * np.tanh(fib) + 0.03 * loose
     cleft = smooth_noise(rng, n, ctx.um(4), aspect=6, angle=theta) > 1.9
     e = np.where(cleft, e * 0.15, e)
     pts = jittered_points(rng, n, ctx.um(24), 0.5)
@@ -271,19 +271,25 @@ def mucin_pools(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
     return h, e
 
 
-def lymphoid(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
-    """Outlier: dense lymphoid tissue, packed small round dark nuclei with paler follicle centres."""
+def lymphoid(ctx: _Sheet, follicle: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Outlier: dense lymphoid tissue of packed small round dark nuclei (paler and sparser in a follicle)."""
     rng, n = ctx.rng, ctx.n
-    follicle = smooth_noise(rng, n, ctx.um(120)) > 1.0
     pts = jittered_points(rng, n, ctx.um(7.0), 0.45)
-    keep = ~follicle[pts[:, 1].astype(int) % n, pts[:, 0].astype(int) % n] | (rng.random(len(pts)) < 0.45)
-    h = 0.10 + ctx.nuclei(pts[keep], (2.6, 3.3), (2.4, 3.0), None, (1.3, 1.6))
-    e = np.full((n, n), 0.18, np.float32)
+    if follicle:
+        pts = pts[rng.random(len(pts)) < 0.45]
+    h = 0.10 + ctx.nuclei(pts, (2.6, 3.3) if not follicle else (3.0, 3.8), (2.4, 3.0), None, (1.3, 1.6))
+    e = np.full((n, n), 0.18 if not follicle else 0.26, np.float32)
     return h, e
 
 
+def follicle(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
+    """Outlier: the paler germinal centre of a lymphoid follicle."""
+    return lymphoid(ctx, follicle=True)
+
+
 TISSUES = {"stroma": stroma, "clear_cells": clear_cells, "glands": glands, "solid_pleomorphic": solid_pleomorphic,
-           "papillae": papillae, "mucin_pools": mucin_pools, "lymphoid": lymphoid}
+           "papillae": papillae, "mucin_pools": mucin_pools, "lymphoid": lymphoid,
+           "follicle": follicle}
 
 
 def render_sheet(tissue: str, rng: np.random.Generator, mpp: float, stain: Stain,
