@@ -245,7 +245,8 @@ class PatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, str]:
         try:
             if self._slide is None:
-                self._slide = open_slide(self.slide_path, mpp=self.mpp, cache_dir=self.cache_dir)
+                # already validated by the caller; a plain image's pyramid is already in the cache
+                self._slide = open_slide(self.slide_path, mpp=self.mpp, cache_dir=self.cache_dir, validate=False)
             x, y = (int(v) for v in self.coords[i])
             img = self._slide.read_region_mpp((x, y), (self.patch_size, self.patch_size), self.target_mpp,
                                               self.default_mpp)

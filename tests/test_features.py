@@ -303,3 +303,20 @@ def test_extract_cli_with_cohort_uses_its_settings(tmp_path: Path, capsys: pytes
     assert a.patch_size_level0 == round(PATCH * FEW_MPP / 0.25)  # the cohort's per-slide mpp override
     assert b.patch_size_level0 == round(PATCH * FEW_MPP / open_slide(SVS).mpp)
     assert len(a) < len(b)
+
+
+def test_extract_plain_png_with_default_mpp(tmp_path: Path, lite0) -> None:
+    from tests.conftest import synthetic_tissue
+
+    png = tmp_path / "plain.png"
+    Image.fromarray(synthetic_tissue(1400, 1000, seed=3)).save(png)
+    cache = tmp_path / "cache"
+    with pytest.raises(SlideError, match="no mpp"):
+        extract_slide(png, tmp_path / "x.h5", lite0, patch_size=PATCH, target_mpp=MPP, cache_dir=cache)
+    out = extract_slide(png, tmp_path / "plain.h5", lite0, patch_size=PATCH, target_mpp=MPP, default_mpp=0.5,
+                        batch_size=4, num_workers=2, cache_dir=cache)
+    grid = patch_grid(open_slide(png, cache_dir=cache), patch_size=PATCH, target_mpp=MPP, default_mpp=0.5)
+    bag = read_features(out)
+    assert len(bag) == len(grid) > 0 and bag.patch_size_level0 == 448
+    np.testing.assert_array_equal(bag.coords, grid.coords)
+    assert not (tmp_path / "x.h5").exists()
