@@ -121,7 +121,7 @@ def _inner_split(y: np.ndarray, s: TrainSettings, seed: int) -> tuple[np.ndarray
     """Stratified train/validation indices for early stopping, or None when classes are too small for it."""
     from sklearn.model_selection import train_test_split
 
-    if np.bincount(y).min() < 4 or s.val_fraction <= 0:
+    if np.bincount(y)[np.unique(y)].min() < 4 or s.val_fraction <= 0:
         return None
     idx = np.arange(len(y))
     tr, va = train_test_split(idx, test_size=max(s.val_fraction, len(np.unique(y)) / len(y)), stratify=y,
@@ -140,17 +140,22 @@ def _fit_with_stopping(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainS
 
 
 def make_folds(y: np.ndarray, folds: int, seed: int, path: Path) -> np.ndarray:
-    """Fold index per slide from a stratified k-fold; ``InputError`` when a class is too small to split."""
+    """Fold index per slide from a stratified k-fold (classes smaller than k are spread as far as they go)."""
+    import warnings
+
     from sklearn.model_selection import StratifiedKFold
 
-    smallest = int(np.bincount(y).min())
-    if smallest < 2:
-        raise InputError(f"{path}: every class needs at least 2 labelled slides with features for k-fold "
-                         f"out-of-fold predictions (smallest has {smallest})")
-    k = max(2, min(folds, smallest))
+    counts = np.bincount(y)
+    k = max(2, min(folds, len(y) // 2, int(counts.max())))
+    if len(y) < 4:
+        raise InputError(f"{path}: need at least 4 labelled slides with features for out-of-fold predictions, "
+                         f"found {len(y)}")
     fold = np.full(len(y), -1)
-    for f, (_, test) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)):
-        fold[test] = f
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the least populated class has only n members"
+        splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y)
+        for f, (_, test) in enumerate(splits):
+            fold[test] = f
     return fold
 
 

@@ -1,0 +1,194 @@
+"""``bench quality``: extract (skipping done slides), train and infer on a demo cohort, scored against its truth.
+
+Reports, per model: balanced accuracy of the out-of-fold predictions against the given and the true labels
+(outliers left out), attention localisation (AUROC of patch attention against the tumour masks, per slide
+averaged over slides with both kinds of patch, and pooled over per-slide attention ranks) for the held-out
+(out-of-fold) attention and for the final model's, OOD AUROC for the planted outliers (each slide scored by a
+model that did not train on it), and the share of planted label errors in the label-issue ranking's top 1.5x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+from PIL import Image
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from core.bench._util import write_json
+
+
+def tumour_patches(mask: np.ndarray, downsample: float, coords: np.ndarray, size0: int, min_cover: float = 0.5
+                   ) -> np.ndarray:
+    """True for patches whose level-0 footprint the mask covers by at least ``min_cover`` (integral image)."""
+    m = (mask > 0).astype(np.float64)
+    ii = np.pad(m.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = m.shape
+    x0 = np.clip(np.floor(coords[:, 0] / downsample).astype(int), 0, w)
+    y0 = np.clip(np.floor(coords[:, 1] / downsample).astype(int), 0, h)
+    x1 = np.clip(np.ceil((coords[:, 0] + size0) / downsample).astype(int), 0, w)
+    y1 = np.clip(np.ceil((coords[:, 1] + size0) / downsample).astype(int), 0, h)
+    area = np.maximum((x1 - x0) * (y1 - y0), 1)
+    covered = ii[y1, x1] - ii[y0, x1] - ii[y1, x0] + ii[y0, x0]
+    return covered / area >= min_cover
+
+
+def _rank01(a: np.ndarray) -> np.ndarray:
+    return (np.argsort(np.argsort(a)) + 0.5) / len(a)
+
+
+def attention_auroc(items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Mean per-slide AUROC over slides with tumour and non-tumour patches, and the pooled AUROC of ranks."""
+    per, ys, ss = [], [], []
+    for tumour, att in items:
+        if tumour.all() or not tumour.any():
+            continue
+        per.append(roc_auc_score(tumour, att))
+        ys.append(tumour)
+        ss.append(_rank01(att))
+    if not per:
+        return {"mean": None, "pooled": None, "n_slides": 0}
+    return {"mean": round(float(np.mean(per)), 4), "median": round(float(np.median(per)), 4),
+            "min": round(float(np.min(per)), 4),
+            "pooled": round(float(roc_auc_score(np.concatenate(ys), np.concatenate(ss))), 4), "n_slides": len(per)}
+
+
+def _attention_column(att: np.ndarray, classes: list[str], label: str) -> np.ndarray:
+    if att.ndim == 1:
+        return att
+    return att[:, classes.index(label)] if label in classes else att.max(axis=1)
+
+
+def _label_issue_hook(oof: pd.DataFrame, labels: pd.DataFrame, classes: list[str], truth: pd.DataFrame
+                      ) -> dict[str, Any] | None:
+    """Call core.analysis.rank_label_issues (if present) on the OOF predictions; recall of planted noise."""
+    try:
+        from core.analysis import join_predictions
+        from core.analysis_issues import rank_label_issues
+    except ImportError:
+        return None
+    issues = rank_label_issues(join_predictions(oof, labels, classes), classes)
+    planted = truth.loc[(truth["is_noisy"] == 1) & (truth["is_outlier"] == 0), "image_id"].astype(str)
+    planted = [i for i in planted if i in set(issues["image_id"])]
+    if not planted:
+        return {"planted": 0}
+    top = set(issues.nsmallest(int(np.ceil(1.5 * len(planted))), "rank")["image_id"])
+    return {"planted": len(planted), "top_k": int(np.ceil(1.5 * len(planted))),
+            "recall_at_1.5x": round(len(set(planted) & top) / len(planted), 4)}
+
+
+def evaluate(cohort: Any, model_dir: Path, truth: pd.DataFrame, masks_dir: Path) -> dict[str, Any]:
+    """Score one trained model (its OOF files and its results in the cohort) against the truth."""
+    from core.infer import ATTENTION_DIR, ensure_results, read_attention
+    from core.models import read_model_meta
+
+    meta = read_model_meta(model_dir)
+    classes = list(meta["classes"])
+    t = time.perf_counter()
+    results = ensure_results(cohort, meta["version"])
+    infer_s = time.perf_counter() - t
+    oof = pd.read_csv(model_dir / "oof_predictions.csv", dtype={"image_id": str})
+    tr = truth.set_index("image_id")
+    j = oof.join(tr, on="image_id")
+    inl = j[j["is_outlier"] == 0]
+    out: dict[str, Any] = {"version": meta["version"], "train_seconds": meta["metrics"].get("train_seconds"),
+                           "infer_seconds_all_slides": round(infer_s, 1), "n_oof": len(oof),
+                           "ba_vs_given": round(float(balanced_accuracy_score(inl["given_label"], inl["pred"])), 4),
+                           "ba_vs_true": round(float(balanced_accuracy_score(inl["true_label"], inl["pred"])), 4)}
+    # OOD: OOF score for slides trained on, final-model score for the rest (never scored by a model that saw it)
+    score = dict(zip(results["image_id"], results["ood_score"], strict=True))
+    score.update(dict(zip(oof["image_id"], oof["ood_score"], strict=True)))
+    ids = [i for i in truth["image_id"] if i in score]
+    y = tr.loc[ids, "is_outlier"].to_numpy(int)
+    s = np.array([score[i] for i in ids])
+    thr = meta["ood"]["threshold"]
+    if 0 < y.sum() < len(y):
+        out["ood_auroc"] = round(float(roc_auc_score(y, s)), 4)
+        out["ood_tpr_at_threshold"] = round(float(np.mean(s[y == 1] > thr)), 4)
+        out["ood_fpr_at_threshold"] = round(float(np.mean(s[y == 0] > thr)), 4)
+    # attention localisation against the tumour masks (inliers only), held-out and final-model attention
+    res_dir = Path(cohort.results) / meta["version"] / ATTENTION_DIR
+    held, final = [], []
+    oof_h5 = model_dir / "oof_attention.h5"
+    with h5py.File(oof_h5, "r") if oof_h5.is_file() else _null() as f:
+        for image_id, row in tr.iterrows():
+            mask_path = masks_dir / f"{image_id}.png"
+            if row["is_outlier"] or not mask_path.is_file() or not (res_dir / f"{image_id}.h5").is_file():
+                continue
+            mask = np.asarray(Image.open(mask_path).convert("L"))
+            coords, att, attrs = read_attention(res_dir / f"{image_id}.h5")
+            tumour = tumour_patches(mask, float(row["mask_downsample"]), coords, int(attrs["patch_size_level0"]))
+            final.append((tumour, _attention_column(att, classes, row["true_label"])))
+            if f is not None and image_id in f:
+                held.append((tumour, _attention_column(f[image_id]["attention"][()], classes, row["true_label"])))
+    out["attention_auroc_oof"] = attention_auroc(held)
+    out["attention_auroc_final"] = attention_auroc(final)
+    labels = pd.read_csv(cohort.labels, dtype={"image_id": str, "label": str}, keep_default_na=False)
+    out["label_issues"] = _label_issue_hook(oof, labels, classes, truth)
+    return out
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def bench_quality(cohort_path: Path, models: list[str], folds: int = 5, extract: bool = True,
+                  model_dirs: dict[str, Path] | None = None) -> dict[str, Any]:
+    """Extract (skip done) + train + infer each model on the cohort; return the figures."""
+    from core.cli import main as cli_main
+    from core.cohort import load_cohort
+    from core.train import train_model
+
+    cohort = load_cohort(cohort_path)
+    truth_dir = cohort.root / "truth"
+    truth = pd.read_csv(truth_dir / "truth.csv", dtype={"image_id": str})
+    result: dict[str, Any] = {"cohort": str(cohort.root), "n_slides": len(truth),
+                              "n_outliers": int(truth["is_outlier"].sum()), "n_noisy": int(truth["is_noisy"].sum())}
+    if extract:
+        t = time.perf_counter()
+        rc = cli_main(["extract", "--cohort", str(cohort.source or cohort_path)])
+        result["extract_seconds"] = round(time.perf_counter() - t, 1)
+        result["extract_rc"] = rc
+    result["models"] = {}
+    for name in models:
+        model_dir = (model_dirs or {}).get(name)
+        if model_dir is None:
+            model_dir = train_model(cohort.features, cohort.labels, model=name, out_dir=cohort.models, folds=folds)
+        result["models"][name] = evaluate(cohort, Path(model_dir), truth, truth_dir / "masks")
+        print(f"{name}: {result['models'][name]}", flush=True)
+    return result
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quality", help="extract + train + infer on a demo cohort, scored against its truth")
+    p.add_argument("--cohort", type=Path, default=Path("data/demo"), help="cohort folder or cohort.toml")
+    p.add_argument("--models", default="abmil,transmil", help="comma-separated MIL models")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--no-extract", action="store_true", help="use the features already there")
+    p.add_argument("--model-dir", action="append", default=[], metavar="NAME=DIR",
+                   help="evaluate an existing model folder instead of training (repeatable)")
+    p.add_argument("--json", default=None, help="write the result here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from core.errors import InputError
+
+    cohort = args.cohort / "cohort.toml" if args.cohort.is_dir() else args.cohort
+    if not (cohort.parent / "truth" / "truth.csv").is_file():
+        raise InputError(f"{cohort.parent}: no truth/truth.csv (bench quality needs a demo cohort: python -m core demo)")
+    dirs = dict(item.split("=", 1) for item in args.model_dir)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    res = bench_quality(cohort, models, args.folds, extract=not args.no_extract,
+                        model_dirs={k: Path(v) for k, v in dirs.items()})
+    write_json({"benchmark": "quality", **res}, args.json)
+    return 0
