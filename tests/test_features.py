@@ -42,6 +42,11 @@ def lite0():
     return create_backbone("efficientnet_lite0", device="cpu")
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    return create_backbone("test_efficientnet", device="cpu")  # a real timm model, small enough for fast tests
+
+
 @pytest.mark.parametrize("explicit", [False, True], ids=["packaged-default", "package-file-as-weights"])
 def test_chelsea_is_classified_as_a_cat(explicit: bool) -> None:
     weights = lite0_package_weights() if explicit else None  # as --weights: keys are recognised and mapped too
@@ -159,7 +164,7 @@ def test_zero_tissue_slide_writes_an_empty_bag(tmp_path: Path, lite0) -> None:
     assert len(bag) == 0 and bag.features.shape == (0, 1280) and bag.coords.shape == (0, 2)
 
 
-def test_extract_cohort_skips_done_redoes_partial_and_reports_bad(tmp_path: Path, lite0) -> None:
+def test_extract_cohort_skips_done_redoes_partial_and_reports_bad(tmp_path: Path, tiny) -> None:
     slides_dir = tmp_path / "slides"
     slides_dir.mkdir()
     shutil.copy(SVS, slides_dir / "a.svs")
@@ -168,30 +173,30 @@ def test_extract_cohort_skips_done_redoes_partial_and_reports_bad(tmp_path: Path
     slides = {p.stem: p for p in slides_dir.iterdir()}
     out = tmp_path / "features"
     kw = {"patch_size": PATCH, "target_mpp": FEW_MPP, "batch_size": 4, "num_workers": 1}
-    first = extract_cohort(slides, out, lite0, **kw)
+    first = extract_cohort(slides, out, tiny, **kw)
     assert sorted(first.written) == ["a", "b"] and list(first.failed) == ["bad"]
     assert "bad.svs" in first.failed["bad"] and "\n" not in first.failed["bad"]
     mtime_a = (out / "a.h5").stat().st_mtime_ns
     # a crash of a non-atomic writer: a truncated file at the final path, plus a stray temp file
     (out / "b.h5").write_bytes((out / "b.h5").read_bytes()[:2000])
     (out / ".c.abc123.h5.tmp").write_bytes(b"half")
-    second = extract_cohort(slides, out, lite0, **kw)
+    second = extract_cohort(slides, out, tiny, **kw)
     assert second.skipped == ["a"] and second.written == ["b"] and list(second.failed) == ["bad"]
     assert (out / "a.h5").stat().st_mtime_ns == mtime_a
     assert len(read_features(out / "b.h5")) == len(read_features(out / "a.h5")) > 0
     # features from another backbone are never mixed in silently
-    third = extract_cohort({"a": slides["a"]}, out, create_backbone("test_efficientnet", device="cpu"), **kw)
-    assert "holds efficientnet_lite0 features" in third.failed["a"]
+    third = extract_cohort({"a": slides["a"]}, out, create_backbone("test_resnet", device="cpu"), **kw)
+    assert "holds test_efficientnet features" in third.failed["a"]
 
 
-def test_interrupted_extraction_leaves_no_file(tmp_path: Path, lite0) -> None:
+def test_interrupted_extraction_leaves_no_file(tmp_path: Path, tiny) -> None:
     def boom(frac: float, msg: str) -> None:
         if frac < 1.0:
             raise KeyboardInterrupt
 
     out = tmp_path / "x.h5"
     with pytest.raises(KeyboardInterrupt):
-        extract_slide(SVS, out, lite0, patch_size=PATCH, target_mpp=FEW_MPP, batch_size=2, num_workers=0,
+        extract_slide(SVS, out, tiny, patch_size=PATCH, target_mpp=FEW_MPP, batch_size=2, num_workers=0,
                       progress=boom)
     assert not out.exists()
     bag = FeatureBag(np.ones((2, 3), np.float32), np.zeros((2, 2), np.int64))
@@ -296,7 +301,8 @@ def test_extract_cli_with_cohort_uses_its_settings(tmp_path: Path, capsys: pytes
     (tmp_path / "cohort.toml").write_text(
         'name = "t"\nslides = "slides"\nfeatures = "feats"\n'
         f"[patches]\npatch_size = {PATCH}\ntarget_mpp = {FEW_MPP}\nmin_tissue = 0.0\n[mpp]\na = 0.25\n")
-    assert cli_main(["extract", "--cohort", str(tmp_path / "cohort.toml"), "--workers", "0", "--device", "cpu"]) == 0
+    assert cli_main(["extract", "--cohort", str(tmp_path / "cohort.toml"), "--workers", "0", "--device", "cpu",
+                    "--backbone", "test_efficientnet"]) == 0
     assert "extracted 2" in capsys.readouterr().err
     a, b = read_features(tmp_path / "feats" / "a.h5"), read_features(tmp_path / "feats" / "b.h5")
     assert a.attrs["patch_size"] == PATCH and a.mpp == FEW_MPP
@@ -305,15 +311,15 @@ def test_extract_cli_with_cohort_uses_its_settings(tmp_path: Path, capsys: pytes
     assert len(a) < len(b)
 
 
-def test_extract_plain_png_with_default_mpp(tmp_path: Path, lite0) -> None:
+def test_extract_plain_png_with_default_mpp(tmp_path: Path, tiny) -> None:
     from tests.conftest import synthetic_tissue
 
     png = tmp_path / "plain.png"
     Image.fromarray(synthetic_tissue(1400, 1000, seed=3)).save(png)
     cache = tmp_path / "cache"
     with pytest.raises(SlideError, match="no mpp"):
-        extract_slide(png, tmp_path / "x.h5", lite0, patch_size=PATCH, target_mpp=MPP, cache_dir=cache)
-    out = extract_slide(png, tmp_path / "plain.h5", lite0, patch_size=PATCH, target_mpp=MPP, default_mpp=0.5,
+        extract_slide(png, tmp_path / "x.h5", tiny, patch_size=PATCH, target_mpp=MPP, cache_dir=cache)
+    out = extract_slide(png, tmp_path / "plain.h5", tiny, patch_size=PATCH, target_mpp=MPP, default_mpp=0.5,
                         batch_size=4, num_workers=2, cache_dir=cache)
     grid = patch_grid(open_slide(png, cache_dir=cache), patch_size=PATCH, target_mpp=MPP, default_mpp=0.5)
     bag = read_features(out)
