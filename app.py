@@ -7,6 +7,7 @@ file as a module too, so the Streamlit body only runs inside a script run.
 from __future__ import annotations
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from core.cohort import DEFAULT_DEMO_DIR
@@ -17,6 +18,10 @@ from ui.cohort_switcher import cohort_switcher
 from ui.context import cohort_path, current_cohort
 from ui.firstrun_view import first_run_screen
 
+# Until some script calls st.navigation, Streamlit treats an app with a pages/ folder as a v1 multipage app, so
+# a first visit straight to a shared link (/viewer?slide=...) would run the page without this file. Say up front
+# that this app navigates with st.navigation.
+PagesManager.uses_pages_directory = False
 app = st.App("app.py", routes=tile_routes())
 
 
