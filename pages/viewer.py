@@ -224,7 +224,6 @@ def compute_attention(cohort: Cohort, version: str | None, image_id: str) -> Non
                           progress=lambda f, m: bar.progress(min(0.9 * f, 0.9), m))
         ensure_results(cohort, version, [image_id], progress=lambda f, m: bar.progress(0.9 + 0.1 * min(f, 1), m))
         bar.progress(1.0, "done")
-        st.cache_data.clear()
         st.rerun()
     except SlideLensError as exc:
         st.error(str(exc))

@@ -81,13 +81,13 @@ function overlayOpacity(st) {
 function setOverlay(st) {
   const d = st.data;
   const key = d.overlay ? d.overlay.url + d.overlay.query : null;
+  st.root.querySelector(".slv-bar").classList.toggle("slv-no-overlay", !d.overlay);
   if (key === st.overlayKey) return;
   st.overlayKey = key;
   if (st.overlayItem) {
     st.viewer.world.removeItem(st.overlayItem);
     st.overlayItem = null;
   }
-  st.root.querySelector(".slv-bar").classList.toggle("slv-no-overlay", !d.overlay);
   if (!d.overlay) return;
   st.viewer.addTiledImage({
     tileSource: tileSource(d, d.overlay.url, d.overlay.query), index: 1, opacity: overlayOpacity(st),
@@ -122,8 +122,8 @@ function openSlide(st, OSD) {
 function create(st, OSD, setStateValue) {
   const viewer = OSD({
     element: st.osd, prefixUrl: "/tiles/_static/osd/images/", drawer: "canvas",
-    showNavigator: true, navigatorPosition: "BOTTOM_RIGHT", showRotationControl: false,
-    maxZoomPixelRatio: 4, visibilityRatio: 0.5, animationTime: 0.6, immediateRender: false,
+    showNavigator: true, navigatorPosition: "BOTTOM_RIGHT", showRotationControl: false, autoHideControls: false,
+    maxZoomPixelRatio: 4, visibilityRatio: 0.5, animationTime: 0.6, immediateRender: true,
     gestureSettingsMouse: { clickToZoom: false },
   });
   st.viewer = viewer;
