@@ -32,7 +32,7 @@ from core.errors import InputError
 from core.slides import find_slides, image_id_for
 
 COHORT_ENV = "SLIDELENS_COHORT"
-DEFAULT_DEMO_DIR = Path("data/demo")
+DEFAULT_DEMO_DIR = Path(os.environ.get("SLIDELENS_DEMO_DIR") or "data/demo")  # where the app builds the demo
 
 
 @dataclass(frozen=True)

@@ -169,7 +169,9 @@ def _pipeline(cohort_dir: Path, tiny: bool, seed: int, model: str, run) -> Cohor
     from core.train import train_model
 
     toml = cohort_dir / "cohort.toml"
-    run("demo", lambda p: build_demo(cohort_dir, seed=seed, tiny=tiny, progress=p), skip=toml.is_file())
+    # tiny: small slides, but at least two per class so k-fold training has something to hold out
+    counts = {"n_wsi": 10, "n_tma": 2, "n_outliers": 1} if tiny else {}
+    run("demo", lambda p: build_demo(cohort_dir, seed=seed, tiny=tiny, progress=p, **counts), skip=toml.is_file())
     cohort = load_cohort(toml)
     missing = [i for i in cohort.slide_paths if not (cohort.features / f"{i}.h5").is_file()]
 
