@@ -11,8 +11,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import Page, sync_playwright
+
+from core.tiles import read_attention
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _viewer_data import SAMPLE_SVS, add_sample_attention, build_cohort, write_pyramid  # noqa: E402
@@ -32,9 +35,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+COHORT: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser_cohort")
+    COHORT["root"] = root
     toml = build_cohort(root)
     add_sample_attention(root)
     write_pyramid(root / "slides" / "synth_nompp.tiff", 600, 400, mpp=None, seed=4)
@@ -143,6 +150,12 @@ def test_viewer_end_to_end(app_url, page):
     moved = abs(float(after["centerX"]) - float(before["centerX"])) + abs(float(after["centerY"]) -
                                                                           float(before["centerY"]))
     assert moved > 50 and float(after["zoom"]) > float(before["zoom"]), (before, after, help_text)
+    # ... and centres it on that patch
+    att, coords, size, _ = read_attention(COHORT["root"] / "results" / "v001-abmil" / "attention"
+                                          / f"{SAMPLE_SVS.stem}.h5")
+    top = int(np.argmax(att[:, 0]))  # class 0 is the default class of the selector
+    assert abs(float(after["centerX"]) - (coords[top, 0] + size / 2)) < 2
+    assert abs(float(after["centerY"]) - (coords[top, 1] + size / 2)) < 2
     page.screenshot(path=str(ARTIFACTS / "viewer-top-patch.png"))
     page.wait_for_selector("text=View centre", timeout=10_000)  # the viewport came back to Python
 

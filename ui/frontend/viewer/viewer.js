@@ -104,6 +104,7 @@ function goTo(st, g) {
   const pad = Math.max(g.w, g.h) * 1.5;
   const rect = slideItem(st).imageToViewportRectangle(g.x - pad, g.y - pad, g.w + 2 * pad, g.h + 2 * pad);
   vp.fitBounds(rect, false);
+  st.root.scrollIntoView({ behavior: "smooth", block: "nearest" }); // the gallery that asked is below the viewer
 }
 
 function openSlide(st, OSD) {
