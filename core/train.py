@@ -31,7 +31,7 @@ Progress = Callable[[float, str], None]
 
 DEFAULTS: dict[str, dict[str, Any]] = {  # per-model training defaults (small bags, CPU-cheap)
     "abmil": {"lr": 1e-3, "epochs": 40, "model_kwargs": {"hidden": 256, "dropout": 0.25}},
-    "transmil": {"lr": 2e-4, "epochs": 30, "model_kwargs": {"hidden": 256, "dropout": 0.1}},
+    "transmil": {"lr": 2e-4, "epochs": 30, "model_kwargs": {"hidden": 128, "dropout": 0.1}},
     "dsmil": {"lr": 1e-3, "epochs": 40, "model_kwargs": {"hidden": 256, "dropout": 0.25}},
 }
 

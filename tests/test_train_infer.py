@@ -196,3 +196,15 @@ def test_cli_train_and_infer(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     rc = cli_main(["infer", "--model", str(tmp_path / "models" / "v404-x"), "--features", str(tmp_path / "features"),
                    "--out", str(tmp_path / "out")])
     assert rc == 2 and "model folder not found" in capsys.readouterr().err
+
+
+def test_quality_bench_patch_truth_uses_half_footprint_cover() -> None:
+    from core.bench.quality import attention_auroc, tumour_patches
+
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:, :8] = 255  # left half tumour, mask at downsample 16 -> 256 x 256 level-0 pixels
+    coords = np.array([[0, 0], [64, 0], [96, 0], [160, 0]])  # patches of 64 px: cover 1, 1, 0.5, 0
+    tumour = tumour_patches(mask, 16, coords, 64)
+    assert tumour.tolist() == [True, True, True, False]
+    res = attention_auroc([(tumour, np.array([0.9, 0.8, 0.7, 0.1])), (np.array([True, True]), np.ones(2))])
+    assert res["mean"] == 1.0 and res["n_slides"] == 1
