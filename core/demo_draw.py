@@ -157,7 +157,7 @@ class _Composer:
         bg = Image.new("RGB", (w, y1 - y0), tuple(int(v) for v in BACKGROUND))
         if not a_t.any():
             return np.asarray(bg)
-        mix = Image.fromarray(self._ramp(self.mix, y0, y1, 1.5))
+        mix = Image.fromarray(self._ramp(self.mix, y0, y1, 6.0))
         x = Image.composite(self._rows(1, y0, y1), self._rows(0, y0, y1), mix)
         a_u = self._ramp(self.tumour, y0, y1, 25.0)
         if a_u.any():
