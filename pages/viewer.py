@@ -203,7 +203,7 @@ def _set_goto(image_id: str, x: int, y: int, size: int) -> None:
 
 def compute_attention(cohort: Cohort, version: str | None, image_id: str) -> None:
     """Extract features (if missing) and run the model on one slide, with a progress bar."""
-    if not version or not (cohort.models / version).is_dir():
+    if not version or not (cohort.models / version / "model.json").is_file():
         st.info("No trained model yet: train one (`python -m core train`) to see attention.")
         return
     if not st.button("Compute attention", key="viewer_compute", type="primary"):
