@@ -31,7 +31,7 @@ def test_first_run_builds_demo_then_second_start_rebuilds_nothing(tmp_path: Path
         page.goto(url, wait_until="domcontentloaded")
         expect(page.get_by_text("Preparing the demo cohort")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Estimated time left")).to_be_visible(timeout=60_000)
-        expect(page.get_by_text("Patch features")).to_be_visible()
+        expect(page.get_by_text("Patch features —")).to_be_visible()
         page.screenshot(path=str(SCREENSHOTS / "firstrun_progress.png"))
         # the build runs in its own process; the page polls it and opens the home page when it is done
         expect(page.get_by_text("Needs attention")).to_be_visible(timeout=480_000)

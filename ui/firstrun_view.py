@@ -71,5 +71,7 @@ def _progress_fragment(cohort_dir: Path) -> None:
     for stage in status.stages:
         if stage.name not in STAGES:
             continue
-        icon = {"done": "✅", "skipped": "⏭️", "running": "⏳", "failed": "❌"}.get(stage.status, "·")
+        icon = {"done": ":material/check_circle:", "skipped": ":material/skip_next:",
+                "running": ":material/hourglass_top:", "failed": ":material/error:"}.get(stage.status,
+                                                                                   ":material/schedule:")
         st.progress(stage.fraction, text=f"{icon} {labels[stage.name]} — {stage.message or stage.status}")
