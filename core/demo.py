@@ -143,12 +143,17 @@ def build_demo(out: str | Path, seed: int = 0, n_wsi: int | None = None, n_tma: 
     return out / "cohort.toml"
 
 
+# what an app may create in a cohort folder before the demo exists (caches, the database)
+_APP_LEFTOVERS = {".cache", "slidelens.db", "slidelens.db-journal", "slidelens.db-wal", "slidelens.db-shm"}
+
+
 def _replaceable(out: Path) -> bool:
+    """True for a previous demo cohort, an empty folder, or one holding only app leftovers."""
     if not out.is_dir():
         return False
-    if not any(out.iterdir()):
+    if (out / "cohort.toml").is_file() and (out / "truth" / "truth.csv").is_file():
         return True
-    return (out / "cohort.toml").is_file() and (out / "truth" / "truth.csv").is_file()
+    return all(p.name in _APP_LEFTOVERS for p in out.iterdir())
 
 
 def _draw_all(planned: list[PlannedSlide], slides_dir: Path, masks_dir: Path, report: ProgressFn,

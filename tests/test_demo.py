@@ -192,13 +192,19 @@ def test_existing_folders_are_protected_and_failed_builds_leave_nothing(tmp_path
         build_demo(user, tiny=True)
     assert (user / "notes.txt").read_text() == "precious"
 
+    leftovers = tmp_path / "fresh"
+    (leftovers / ".cache").mkdir(parents=True)
+    (leftovers / "slidelens.db").write_bytes(b"")
+    build_demo(leftovers, tiny=True, n_wsi=2, n_tma=0, n_outliers=0)  # an app's cache and database are no data
+    assert (leftovers / "cohort.toml").is_file() and not (leftovers / "slidelens.db").exists()
+
     def boom(fraction: float, message: str) -> None:
         if fraction > 0.3:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         build_demo(tmp_path / "half", tiny=True, n_wsi=3, n_tma=0, n_outliers=0, progress=boom)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh", "mine"]
 
 
 def test_cli_builds_with_samples_and_rejects_bad_input(tmp_path: Path, capsys) -> None:
