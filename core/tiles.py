@@ -23,6 +23,7 @@ import json
 import re
 import socket
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,11 +352,17 @@ def _dzi(request: Request, image_id: str) -> Response:
     return Response(dzi_xml(slide), media_type="application/xml", headers={"Cache-Control": SLIDE_CACHE_CONTROL})
 
 
+def _timing(t0: float) -> str:
+    return f"tile;dur={(time.perf_counter() - t0) * 1000:.2f}"  # Server-Timing: shown by browsers' dev tools
+
+
 @_answer
 def _slide_tile(request: Request, image_id: str, level: int, col: int, row: int) -> Response:
+    t0 = time.perf_counter()
     slide = _slide(image_id, request.query_params.get("cohort"))
-    return Response(slide_tile_jpeg(slide, level, col, row), media_type="image/jpeg",
-                    headers={"Cache-Control": SLIDE_CACHE_CONTROL})
+    body = slide_tile_jpeg(slide, level, col, row)
+    return Response(body, media_type="image/jpeg",
+                    headers={"Cache-Control": SLIDE_CACHE_CONTROL, "Server-Timing": _timing(t0)})
 
 
 def _layer(request: Request, version: str, image_id: str) -> AttentionLayer:
@@ -367,10 +374,12 @@ def _layer(request: Request, version: str, image_id: str) -> AttentionLayer:
 
 @_answer
 def _overlay_tile(request: Request, version: str, image_id: str, level: int, col: int, row: int) -> Response:
+    t0 = time.perf_counter()
     style = OverlayStyle.from_query(request.query_params)
     layer = _layer(request, version, image_id)
-    return Response(overlay_tile_png(layer, style, level, col, row), media_type="image/png",
-                    headers={"Cache-Control": OVERLAY_CACHE_CONTROL})
+    body = overlay_tile_png(layer, style, level, col, row)
+    return Response(body, media_type="image/png",
+                    headers={"Cache-Control": OVERLAY_CACHE_CONTROL, "Server-Timing": _timing(t0)})
 
 
 @_answer
