@@ -228,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
         "raw_openslide_get_tile_jpeg": raw_s, "http_slide_tiles": http_s, "http_overlay_tiles": over_s,
         "slide_tile_handler_in_server": handler,
         "ratio_p50_http_vs_raw": ratio,
+        "ratio_p50_handler_vs_raw": round(handler["p50_ms"] / raw_s["p50_ms"], 3) if handler else None,
         "targets": {"ratio_p50": TARGET_RATIO, "overlay_p95_ms": TARGET_OVERLAY_P95_MS},
         "met": {"ratio_p50": ratio <= TARGET_RATIO, "overlay_p95_ms": over_s["p95_ms"] < TARGET_OVERLAY_P95_MS},
     }
