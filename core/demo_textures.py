@@ -274,11 +274,12 @@ def mucin_pools(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
 def lymphoid(ctx: _Sheet, follicle: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Outlier: dense lymphoid tissue of packed small round dark nuclei (paler and sparser in a follicle)."""
     rng, n = ctx.rng, ctx.n
-    pts = jittered_points(rng, n, ctx.um(7.0), 0.45)
+    pts = jittered_points(rng, n, ctx.um(6.2), 0.45)
     if follicle:
         pts = pts[rng.random(len(pts)) < 0.45]
-    h = 0.10 + ctx.nuclei(pts, (2.6, 3.3) if not follicle else (3.0, 3.8), (2.4, 3.0), None, (1.3, 1.6))
-    e = np.full((n, n), 0.18 if not follicle else 0.26, np.float32)
+    # haematoxylin-dominated: blue-purple, almost no eosinophilic cytoplasm between the cells
+    h = 0.28 + ctx.nuclei(pts, (2.4, 3.0) if not follicle else (3.0, 3.8), (2.2, 2.8), None, (1.4, 1.7))
+    e = np.full((n, n), 0.05 if not follicle else 0.15, np.float32)
     return h, e
 
 
