@@ -2,67 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from _browser import CHROMIUM_ARGS, ROOT, running_app
 from _review_data import make_review_cohort
 
 from core.cohort import load_cohort
 from core.review import open_cohort_store
 
-ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "docs" / "screenshots" / "review.png"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
 
 pytestmark = pytest.mark.browser
-
-
-def _entry(tmp: Path) -> Path:
-    """A test-only entry: a stand-in home page first (served at '/'), then the review page at /review."""
-    home = tmp / "home_stub.py"
-    home.write_text("import streamlit as st\nst.write('home')\n")
-    pages = [f'st.Page({str(home)!r}, title="Home", url_path="home")',
-             f'st.Page({str(ROOT / "pages" / "review.py")!r}, title="Review", url_path="review")']
-    entry = tmp / "entry.py"
-    entry.write_text("import streamlit as st\nst.set_page_config(page_title='SlideLens', layout='wide')\n"
-                     f"st.navigation([{', '.join(pages)}]).run()\n")
-    return entry
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("rv_browser")
     toml = make_review_cohort(tmp / "cohort")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SLIDELENS_COHORT": str(toml), "PYTHONPATH": str(ROOT)}
-    log = open(tmp / "streamlit.log", "w")  # noqa: SIM115 - closed after the server stops
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(_entry(tmp)), "--server.headless", "true",
-                             "--server.port", str(port), "--browser.gatherUsageStats", "false"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError(f"streamlit did not start: {(tmp / 'streamlit.log').read_text()[-2000:]}")
+    with running_app({"SLIDELENS_COHORT": str(toml)}, tmp / "streamlit.log") as url:
         yield url, toml
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
 
 
 def test_relabel_reload_shows_label_and_audit_row(server: tuple[str, Path]) -> None:

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +14,14 @@ from playwright.sync_api import Page, sync_playwright
 from core.tiles import read_attention
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _browser import CHROMIUM_ARGS, running_app  # noqa: E402
 from _viewer_data import SAMPLE_SVS, add_sample_attention, build_cohort, write_pyramid  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
 DOC_SHOT = REPO / "docs" / "screenshots" / "viewer.png"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update"]
 ROOT = ".slv-root"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 COHORT: dict[str, Path] = {}
@@ -46,28 +35,8 @@ def app_url(tmp_path_factory):
     add_sample_attention(root)
     write_pyramid(root / "slides" / "synth_nompp.tiff", 600, 400, mpp=None, seed=4)
     (root / "slides" / "broken.svs").write_bytes(b"II*\x00" + b"\x00" * 64)
-    port = free_port()
-    env = {**os.environ, "SLIDELENS_COHORT": str(toml)}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=1).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("streamlit did not start")
+    with running_app({"SLIDELENS_COHORT": str(toml)}, root / "streamlit.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
