@@ -66,3 +66,23 @@ def browser_page(width: int = 1500, height: int = 1000) -> Iterator:
             yield browser.new_page(viewport={"width": width, "height": height})
         finally:
             browser.close()
+
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+DOC_SCREENSHOTS = ROOT / "docs" / "screenshots"
+
+
+def save_screenshot(page, name: str, doc: bool = False, full_page: bool = False) -> Path:
+    """Screenshot to tests/artifacts/<name>.png; with ``doc`` and SLIDELENS_UPDATE_SCREENSHOTS=1 also refresh the
+    README's copy in docs/screenshots/ as a small 256-colour PNG (so a plain test run leaves git clean)."""
+    from PIL import Image
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=full_page)
+    assert path.stat().st_size > 5_000  # not a blank page
+    if doc and os.environ.get("SLIDELENS_UPDATE_SCREENSHOTS") == "1":
+        DOC_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        dst = DOC_SCREENSHOTS / f"{name}.png"
+        Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
+    return path

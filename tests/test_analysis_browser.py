@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from _browser import CHROMIUM_ARGS, ROOT, running_app
+from _browser import CHROMIUM_ARGS, running_app, save_screenshot
 from test_analysis_page import build_cohort
-
-SCREENSHOT = ROOT / "docs" / "screenshots" / "analysis.png"
 
 pytestmark = pytest.mark.browser
 
@@ -38,11 +36,9 @@ def test_confusion_cell_to_viewer(server: str) -> None:
         expect(links).to_have_count(1, timeout=30_000)
         expect(links.first).to_have_text("s08")
         page.wait_for_timeout(1500)  # let thumbnails and the highlighted cell paint
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=False)
+        save_screenshot(page, "analysis", doc=True)
         links.first.click()
         page.wait_for_url("**/viewer?*", timeout=30_000)
         assert "slide=s08" in page.url and "model=v002-abmil" in page.url
         expect(page.get_by_text("s08").first).to_be_visible(timeout=60_000)
         browser.close()
-    assert SCREENSHOT.stat().st_size < 400_000

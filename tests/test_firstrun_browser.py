@@ -7,12 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
-from _browser import ROOT, browser_page, running_app
+from _browser import browser_page, running_app, save_screenshot
 
 from core.firstrun import read_status
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-SCREENSHOTS = ROOT / "tests" / "artifacts"
 
 
 def _snapshot(root: Path) -> dict[str, int]:
@@ -26,17 +25,17 @@ def test_first_run_builds_demo_then_second_start_rebuilds_nothing(tmp_path: Path
 
     demo = tmp_path / "data" / "demo"
     env = {"SLIDELENS_DEMO_DIR": str(demo), "SLIDELENS_DEMO_TINY": "1", "SLIDELENS_COHORT": ""}
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with running_app(env, tmp_path / "first.log") as url, browser_page() as page:
         page.goto(url, wait_until="domcontentloaded")
         expect(page.get_by_text("Preparing the demo cohort")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Estimated time left")).to_be_visible(timeout=60_000)
         expect(page.get_by_text("Patch features —")).to_be_visible()
-        page.screenshot(path=str(SCREENSHOTS / "firstrun_progress.png"))
+        save_screenshot(page, "firstrun_progress", doc=True)
         # the build runs in its own process; the page polls it and opens the home page when it is done
         expect(page.get_by_text("Needs attention")).to_be_visible(timeout=480_000)
         expect(page.get_by_text("Model version")).to_be_visible()
-        page.screenshot(path=str(SCREENSHOTS / "firstrun_home.png"), full_page=True)
+        page.wait_for_timeout(1500)  # let the class chart paint
+        save_screenshot(page, "home", doc=True, full_page=True)
     status = read_status(demo)
     assert status is not None and status.done and status.error is None
     assert [s.status for s in status.stages] == ["done"] * 5

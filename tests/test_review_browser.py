@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from _browser import CHROMIUM_ARGS, ROOT, running_app
+from _browser import CHROMIUM_ARGS, running_app, save_screenshot
 from _review_data import make_review_cohort
 
 from core.cohort import load_cohort
 from core.review import open_cohort_store
-
-SCREENSHOT = ROOT / "docs" / "screenshots" / "review.png"
 
 pytestmark = pytest.mark.browser
 
@@ -56,10 +54,8 @@ def test_relabel_reload_shows_label_and_audit_row(server: tuple[str, Path]) -> N
         name.press("Enter")
         page.set_viewport_size({"width": 1500, "height": 2000})  # the whole panel, history included
         page.wait_for_timeout(1500)  # let the thumbnail and the chart paint
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=False)
+        save_screenshot(page, "review", doc=True)
         browser.close()
     store = open_cohort_store(load_cohort(toml), sync=False)
     edits = [r for r in store.history("s01") if r.reason != "import"]
     assert [(r.new_value, r.reviewer) for r in edits] == [("tumor", "ann")]
-    assert SCREENSHOT.stat().st_size < 400_000

@@ -14,13 +14,12 @@ from playwright.sync_api import Page, sync_playwright
 from core.tiles import read_attention
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _browser import CHROMIUM_ARGS, running_app  # noqa: E402
+from _browser import CHROMIUM_ARGS, running_app, save_screenshot  # noqa: E402
 from _viewer_data import SAMPLE_SVS, add_sample_attention, build_cohort, write_pyramid  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
-DOC_SHOT = REPO / "docs" / "screenshots" / "viewer.png"
 ROOT = ".slv-root"
 
 
@@ -50,15 +49,6 @@ def page(app_url):
         pg.on("response", lambda r: "/tiles/" in r.url and pg.tiles.append((r.status, r.url)))
         yield pg
         browser.close()
-
-
-def save_doc_screenshot(src: Path, dst: Path, max_bytes: int = 400_000) -> None:
-    """The README's screenshot: a 256-colour PNG, so it stays small in git."""
-    from PIL import Image
-
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    Image.open(src).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
-    assert dst.stat().st_size < max_bytes
 
 
 def state(page: Page) -> dict:
@@ -132,8 +122,7 @@ def test_viewer_end_to_end(app_url, page):
     page.goto(f"{app_url}/viewer?slide={SAMPLE_SVS.stem}")
     wait_tiles(page, SAMPLE_SVS.stem)
     settle(page, 1.0)
-    page.screenshot(path=str(ARTIFACTS / "viewer-doc.png"))
-    save_doc_screenshot(ARTIFACTS / "viewer-doc.png", DOC_SHOT)
+    save_screenshot(page, "viewer", doc=True)
     page.locator(".st-key-viewer_slide").click()
     option = page.get_by_role("option", name="synth_odd")
     option.wait_for()
