@@ -10,7 +10,7 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.cohort import DEFAULT_DEMO_DIR
+from core.cohort import demo_dir
 from core.errors import SlideLensError
 from core.firstrun import demo_is_complete
 from core.tiles import register_cohort, tile_routes
@@ -28,12 +28,9 @@ app = st.App("app.py", routes=tile_routes())
 def main() -> None:
     """First run (build the demo) if needed, the cohort chooser, then the navigation over the pages."""
     st.set_page_config(page_title="SlideLens", layout="wide", page_icon=":material/biotech:")
-    path = cohort_path()
-    if not path.is_file() and path.resolve() == (DEFAULT_DEMO_DIR / "cohort.toml").resolve():
-        first_run_screen(DEFAULT_DEMO_DIR)
-        return
-    if path.parent.resolve() == DEFAULT_DEMO_DIR.resolve() and not demo_is_complete(DEFAULT_DEMO_DIR):
-        first_run_screen(DEFAULT_DEMO_DIR)  # the slides exist but a stage (features, model, ...) is missing
+    path, demo = cohort_path(), demo_dir()
+    if path.parent.resolve() == demo.resolve() and not demo_is_complete(demo):
+        first_run_screen(demo)  # no demo yet, or a stage (features, model, predictions) is missing
         return
     cohort_switcher()
     try:

@@ -32,7 +32,6 @@ from core.errors import InputError
 from core.slides import find_slides, image_id_for
 
 COHORT_ENV = "SLIDELENS_COHORT"
-DEFAULT_DEMO_DIR = Path(os.environ.get("SLIDELENS_DEMO_DIR") or "data/demo")  # where the app builds the demo
 
 
 @dataclass(frozen=True)
@@ -156,6 +155,11 @@ def load_cohort(path: str | Path) -> Cohort:
     return cohort_from_dict(data, path.parent, source=path)
 
 
+def demo_dir() -> Path:
+    """Where the app builds and finds the demo cohort: ``$SLIDELENS_DEMO_DIR`` or ``data/demo``."""
+    return Path(os.environ.get("SLIDELENS_DEMO_DIR") or "data/demo")
+
+
 def default_cohort_path() -> Path:
     """The cohort the app opens: ``$SLIDELENS_COHORT`` or the demo cohort."""
-    return Path(os.environ.get(COHORT_ENV) or DEFAULT_DEMO_DIR / "cohort.toml")
+    return Path(os.environ.get(COHORT_ENV) or demo_dir() / "cohort.toml")

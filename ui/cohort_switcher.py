@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.cohort import DEFAULT_DEMO_DIR, default_cohort_path
+from core.cohort import default_cohort_path, demo_dir
 from ui.context import COHORT_KEY, cohort_path
 
 RECENT_KEY = "recent_cohorts"
@@ -14,8 +14,8 @@ RECENT_KEY = "recent_cohorts"
 
 def known_cohorts() -> list[Path]:
     """The default cohort, cohorts under data/, and those opened in this session (no duplicates, in that order)."""
-    found = [default_cohort_path(), DEFAULT_DEMO_DIR / "cohort.toml"]
-    data = DEFAULT_DEMO_DIR.parent
+    found = [default_cohort_path(), demo_dir() / "cohort.toml"]
+    data = demo_dir().parent
     if data.is_dir():
         found += sorted(data.glob("*/cohort.toml"))
     found += [Path(p) for p in st.session_state.get(RECENT_KEY, [])]
@@ -30,6 +30,15 @@ def _label(p: Path) -> str:
     return f"{p.parent.name}  ({p})"
 
 
+def _switch() -> None:
+    # a callback runs before the next script run, so the whole app already sees the new cohort
+    choice = st.session_state.get("cohort_select")
+    if choice is not None:
+        st.session_state[COHORT_KEY] = str(choice)
+        for key in [k for k in st.session_state if str(k).startswith(("viewer_", "an_", "rv_"))]:
+            del st.session_state[key]  # page state (chosen slide, filters) belongs to the old cohort
+
+
 def cohort_switcher() -> None:
     """Render the chooser in the sidebar; switching sets the session's cohort and reruns."""
     current = cohort_path()
@@ -38,10 +47,8 @@ def cohort_switcher() -> None:
         options.insert(0, current)
     index = next(i for i, p in enumerate(options) if p.resolve() == current.resolve())
     with st.sidebar:
-        choice = st.selectbox("Cohort", options, index=index, format_func=_label, key="cohort_select")
-        if choice is not None and Path(choice).resolve() != current.resolve():
-            st.session_state[COHORT_KEY] = str(choice)
-            st.rerun()
+        st.selectbox("Cohort", options, index=index, format_func=_label, key="cohort_select",
+                     on_change=_switch, help="Each cohort has its own slides, models and review database.")
         with st.expander("Open another cohort"), st.form("open_cohort", border=False):
             typed = st.text_input("cohort.toml path", key="cohort_path_input",
                                   placeholder="/path/to/study/cohort.toml")
