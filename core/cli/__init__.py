@@ -15,20 +15,25 @@ from collections.abc import Sequence
 from core.errors import SlideLensError
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """All commands; ``argv`` lets costly command groups (benchmarks) load only when they are asked for."""
     parser = argparse.ArgumentParser(prog="python -m core", description="SlideLens batch commands.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         module = importlib.import_module(f"{__name__}.{mod.name}")
         if hasattr(module, "register"):
-            module.register(sub)
+            if getattr(module, "WANTS_ARGV", False):
+                module.register(sub, argv)
+            else:
+                module.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; user errors print one line on stderr and exit with code 2."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
