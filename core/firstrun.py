@@ -19,8 +19,8 @@ from core.cohort import Cohort, load_cohort
 
 STAGES = ("demo", "features", "train", "infer", "database")
 # rough seconds per stage on a 2-core CPU for the default cohort; only used before a stage reports progress
-ESTIMATE_S = {"demo": 90.0, "features": 300.0, "train": 120.0, "infer": 30.0, "database": 5.0}
-TINY_ESTIMATE_S = {"demo": 5.0, "features": 40.0, "train": 20.0, "infer": 5.0, "database": 2.0}
+ESTIMATE_S = {"demo": 150.0, "features": 480.0, "train": 60.0, "infer": 15.0, "database": 5.0}
+TINY_ESTIMATE_S = {"demo": 8.0, "features": 60.0, "train": 20.0, "infer": 3.0, "database": 2.0}
 
 
 @dataclass
