@@ -208,3 +208,22 @@ def test_quality_bench_patch_truth_uses_half_footprint_cover() -> None:
     assert tumour.tolist() == [True, True, True, False]
     res = attention_auroc([(tumour, np.array([0.9, 0.8, 0.7, 0.1])), (np.array([True, True]), np.ones(2))])
     assert res["mean"] == 1.0 and res["n_slides"] == 1
+
+
+def test_quality_bench_trains_into_its_work_folder_not_the_cohorts(tmp_path: Path) -> None:
+    """bench quality must never add a version to <cohort>/models (the app shows the latest one)."""
+    from core.bench.quality import bench_quality
+
+    labels = write_cohort(tmp_path, per_class=3, seed=7)
+    (tmp_path / "cohort.toml").write_text('slides = "slides"\nlabels = "labels.csv"\n')
+    (tmp_path / "truth").mkdir()
+    rows = [{"image_id": i, "given_label": lab, "true_label": lab, "is_outlier": 0, "is_noisy": 0,
+             "mask_downsample": 16} for i, lab in labels.items()]
+    pd.DataFrame(rows).to_csv(tmp_path / "truth" / "truth.csv", index=False)
+    res = bench_quality(tmp_path / "cohort.toml", ["abmil"], folds=3, extract=False, seed=1,
+                        overrides={"abmil": {"epochs": 4}})
+    assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists()
+    model_dir = tmp_path / "bench" / "models" / "v001-abmil"
+    assert json.loads((model_dir / "model.json").read_text())["settings"]["seed"] == 1
+    assert len(list((tmp_path / "bench" / "results" / "v001-abmil" / "attention").glob("*.h5"))) == len(labels)
+    assert res["models"]["abmil"]["n_oof"] == len(labels) and res["seed"] == 1

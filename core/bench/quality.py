@@ -10,6 +10,9 @@ model that did not train on it), and the share of planted label errors in the la
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -141,17 +144,28 @@ class _null:
         return None
 
 
+def bench_cohort(cohort: Any, work: Path | None = None) -> Any:
+    """The cohort with ``models`` and ``results`` moved under ``work`` (default ``<cohort>/bench``)."""
+    work = Path(work) if work is not None else Path(cohort.root) / "bench"
+    return dataclasses.replace(cohort, models=work / "models", results=work / "results")
+
+
 def bench_quality(cohort_path: Path, models: list[str], folds: int = 5, extract: bool = True,
-                  model_dirs: dict[str, Path] | None = None) -> dict[str, Any]:
-    """Extract (skip done) + train + infer each model on the cohort; return the figures."""
+                  model_dirs: dict[str, Path] | None = None, work: Path | None = None, seed: int = 0,
+                  overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Extract (skip done) + train + infer each model into ``work`` (default ``<cohort>/bench``); return the figures.
+
+    ``overrides`` maps a model name to extra ``train_model`` keyword arguments (e.g. ``{"transmil": {"lr": 1e-4}}``).
+    """
     from core.cli import main as cli_main
     from core.cohort import load_cohort
     from core.train import train_model
 
-    cohort = load_cohort(cohort_path)
+    cohort = bench_cohort(load_cohort(cohort_path), work)
     truth_dir = cohort.root / "truth"
     truth = pd.read_csv(truth_dir / "truth.csv", dtype={"image_id": str})
-    result: dict[str, Any] = {"cohort": str(cohort.root), "n_slides": len(truth),
+    result: dict[str, Any] = {"cohort": str(cohort.root), "work": str(cohort.models.parent), "seed": seed,
+                              "n_slides": len(truth),
                               "n_outliers": int(truth["is_outlier"].sum()), "n_noisy": int(truth["is_noisy"].sum())}
     if extract:
         t = time.perf_counter()
@@ -161,9 +175,18 @@ def bench_quality(cohort_path: Path, models: list[str], folds: int = 5, extract:
     result["models"] = {}
     for name in models:
         model_dir = (model_dirs or {}).get(name)
+        scored = cohort
         if model_dir is None:
-            model_dir = train_model(cohort.features, cohort.labels, model=name, out_dir=cohort.models, folds=folds)
-        result["models"][name] = evaluate(cohort, Path(model_dir), truth, truth_dir / "masks")
+            model_dir = train_model(cohort.features, cohort.labels, model=name, out_dir=cohort.models, folds=folds,
+                                    seed=seed, **dict((overrides or {}).get(name, {})))
+            # a version number can come back after bench/models was cleared: never reuse its old results
+            shutil.rmtree(Path(cohort.results) / Path(model_dir).name, ignore_errors=True)
+        else:  # an existing folder: results go under the work folder, apart from the bench's own versions
+            model_dir = Path(model_dir).resolve()
+            key = hashlib.sha256(str(model_dir.parent).encode()).hexdigest()[:8]
+            scored = dataclasses.replace(cohort, models=model_dir.parent,
+                                         results=Path(cohort.results).parent / "external" / key)
+        result["models"][name] = evaluate(scored, Path(model_dir), truth, truth_dir / "masks")
         print(f"{name}: {result['models'][name]}", flush=True)
     return result
 
@@ -176,6 +199,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-extract", action="store_true", help="use the features already there")
     p.add_argument("--model-dir", action="append", default=[], metavar="NAME=DIR",
                    help="evaluate an existing model folder instead of training (repeatable)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder for the benchmark's models/ and results/ (default <cohort>/bench)")
+    p.add_argument("--seed", type=int, default=0, help="seed for folds and training")
     p.add_argument("--json", default=None, help="write the result here")
     p.set_defaults(func=run)
 
@@ -189,6 +215,6 @@ def run(args: argparse.Namespace) -> int:
     dirs = dict(item.split("=", 1) for item in args.model_dir)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     res = bench_quality(cohort, models, args.folds, extract=not args.no_extract,
-                        model_dirs={k: Path(v) for k, v in dirs.items()})
+                        model_dirs={k: Path(v) for k, v in dirs.items()}, work=args.work, seed=args.seed)
     write_json({"benchmark": "quality", **res}, args.json)
     return 0
