@@ -49,17 +49,6 @@ def model_classes(model_dir: Path) -> list[str] | None:
     return [str(c) for c in classes] if classes else None
 
 
-def list_versions(models_dir: Path, results_dir: Path | None = None) -> list[str]:
-    """Model versions with predictions to analyse: folders under ``models_dir`` holding oof_predictions.csv,
-    plus ``results_dir/<version>/predictions.csv``; sorted by name (v001 < v002)."""
-    found = set()
-    if models_dir.is_dir():
-        found |= {p.name for p in models_dir.iterdir() if (p / "oof_predictions.csv").is_file()}
-    if results_dir is not None and results_dir.is_dir():
-        found |= {p.name for p in results_dir.iterdir() if (p / "predictions.csv").is_file()}
-    return sorted(found)
-
-
 def predictions_path(models_dir: Path, results_dir: Path, version: str, source: Source) -> Path:
     """Where a version's out-of-fold ("oof") or final-model ("final") predictions live."""
     return models_dir / version / "oof_predictions.csv" if source == "oof" else results_dir / version / "predictions.csv"

@@ -49,6 +49,18 @@ def list_versions(models_dir: str | Path) -> list[dict[str, Any]]:
     return out
 
 
+def versions_with_predictions(models_dir: str | Path, results_dir: str | Path | None = None) -> list[str]:
+    """Versions with something to show, oldest first: a model folder with out-of-fold predictions, or
+    ``results_dir/<version>/predictions.csv`` (predictions made elsewhere can be analysed without weights)."""
+    found: set[str] = set()
+    models_dir = Path(models_dir)
+    if models_dir.is_dir():
+        found |= {p.name for p in models_dir.iterdir() if (p / OOF_CSV).is_file()}
+    if results_dir is not None and Path(results_dir).is_dir():
+        found |= {p.name for p in Path(results_dir).iterdir() if (p / "predictions.csv").is_file()}
+    return sorted(found, key=lambda v: (version_number(v) is None, version_number(v) or 0, v))
+
+
 def latest_version(models_dir: str | Path) -> str | None:
     """Name of the newest complete version in ``models_dir``, or ``None`` when there is none."""
     versions = list_versions(models_dir)

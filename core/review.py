@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from core.cohort import Cohort
-from core.errors import InputError
 from core.store import Store, SyncReport, open_store
 
 LOW_CONFIDENCE = 0.6
@@ -58,14 +57,10 @@ def load_model_view(cohort: Cohort, version: str | None = None) -> ModelView:
         if not versions:
             return ModelView(None, {}, pd.DataFrame(), pd.DataFrame())
         version = versions[-1]
+    from core.models import read_model_meta
+
     mdir = Path(cohort.models) / version
-    meta_path = mdir / "model.json"
-    if not meta_path.is_file():
-        raise InputError(f"{meta_path}: model version {version!r} not found")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{meta_path}: invalid JSON ({exc})") from exc
+    meta = read_model_meta(mdir)
     return ModelView(version, meta, _read_csv(Path(cohort.results) / version / "predictions.csv"),
                      _read_csv(mdir / "oof_predictions.csv"))
 

@@ -16,9 +16,10 @@ from core.analysis import (
     metrics_by,
     per_class_table,
 )
-from core.analysis_io import list_versions, predictions_path
+from core.analysis_io import predictions_path
 from core.analysis_issues import rank_label_issues
 from core.errors import SlideLensError
+from core.models import versions_with_predictions
 from ui import analysis_views as av
 from ui.context import current_cohort
 
@@ -187,7 +188,7 @@ def main() -> None:
     if cohort.labels is None or not cohort.labels.is_file():
         st.info("This cohort has no labels file yet: add labels.csv to analyse errors.")
         return
-    versions = list_versions(cohort.models, cohort.results)
+    versions = versions_with_predictions(cohort.models, cohort.results)
     if not versions:
         st.info("No model yet: train one (`python -m core train`) and its out-of-fold predictions appear here.")
         return

@@ -18,6 +18,7 @@ import streamlit as st
 from core import overlay
 from core.cohort import Cohort
 from core.errors import SlideLensError
+from core.models import versions_with_predictions
 from core.tiles import OverlayStyle, attention_path, load_attention_layer, open_cohort_slide, register_cohort
 from ui.context import current_cohort
 from ui.viewer_component import overlay_data, slide_data, slide_viewer
@@ -29,13 +30,6 @@ ALL = "All"
 # --- data (cached by file modification times) ------------------------------------------------------------
 def _mtime(path: Path | None) -> float:
     return path.stat().st_mtime if path is not None and path.is_file() else 0.0
-
-
-def result_versions(cohort: Cohort) -> list[str]:
-    """Model versions with results or a model folder, newest name last."""
-    names = {p.name for root in (cohort.results, cohort.models) if root.is_dir() for p in root.iterdir()
-             if p.is_dir() and not p.name.startswith(".")}
-    return sorted(names)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -238,7 +232,7 @@ def main() -> None:
         st.info("Open a cohort: set SLIDELENS_COHORT=/path/to/cohort.toml, or build the demo (`make demo`).")
         return
     register_cohort(cohort)
-    versions = result_versions(cohort)
+    versions = versions_with_predictions(cohort.models, cohort.results)
     version = None
     if versions:
         wanted = st.query_params.get("model")

@@ -30,13 +30,14 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, list[str] | None]:
         if args.predictions is None or args.labels is None:
             raise InputError("analyze: give --predictions and --labels, or --cohort")
         return args.predictions, args.labels, None
-    from core.analysis_io import list_versions, model_classes, predictions_path
+    from core.analysis_io import model_classes, predictions_path
     from core.cohort import load_cohort
+    from core.models import versions_with_predictions
 
     cohort = load_cohort(args.cohort)
     if cohort.labels is None:
         raise InputError(f"{cohort.source}: the cohort has no labels file")
-    versions = list_versions(cohort.models, cohort.results)
+    versions = versions_with_predictions(cohort.models, cohort.results)
     if not versions:
         raise InputError(f"{cohort.models}: no model versions with predictions yet (train a model first)")
     version = args.version or versions[-1]
