@@ -82,6 +82,10 @@ def test_bench_retrain_fixes_planted_noise_in_a_workspace(demo: Path, capsys: py
         # one audit row per fix, all by the bench reviewer, and the export made after all of them
         assert run["review"]["noisy_fixed"] == len(noisy) and run["review"]["outliers_flagged"] == len(outliers)
         assert run["review"]["audit_rows"] == len(noisy) + len(outliers)
+        queue = run["review"]["baseline_queue"]
+        assert 0 <= queue["noisy_suggested_true_label"] <= queue["noisy_as_label_issue"] <= queue["noisy_in_queue"]
+        assert queue["noisy_in_queue"] <= len(noisy) and queue["outliers_in_queue"] <= len(outliers)
+        assert queue["noisy_in_queue"] + queue["outliers_in_queue"] <= queue["queue_size"] <= len(truth)
         seed_dir = Path(run["workspace"])
         store = open_store(f"sqlite:///{seed_dir / 'slidelens.db'}")
         rows = [r for r in store.history() if r.reason != "import"]

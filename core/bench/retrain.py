@@ -117,6 +117,20 @@ def apply_truth(store: Any, truth: pd.DataFrame, model_version: str | None = Non
             "fixed_ids": fixed, "flagged_ids": flagged}
 
 
+def queue_recall(queue: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
+    """How much of the planted noise and outliers the review queue (``core.review.build_queue``) surfaced."""
+    q = queue.set_index("image_id")
+    noisy = [i for i in truth.loc[(truth["is_noisy"] == 1) & (truth["is_outlier"] == 0), "image_id"] if i in q.index]
+    outl = [i for i in truth.loc[truth["is_outlier"] == 1, "image_id"] if i in q.index]
+    return {"queue_size": int((q["n_reasons"] > 0).sum()),
+            "noisy_in_queue": int((q.loc[noisy, "n_reasons"] > 0).sum()),
+            "noisy_as_label_issue": int(q.loc[noisy, "label_issue"].sum()),
+            "noisy_suggested_true_label": int(sum(q.loc[i, "suggested_label"] == t for i, t in zip(
+                noisy, truth.set_index("image_id").loc[noisy, "true_label"], strict=True))),
+            "outliers_in_queue": int((q.loc[outl, "n_reasons"] > 0).sum()),
+            "outliers_over_ood_threshold": int(q.loc[outl, "outlier"].sum())}
+
+
 def _fingerprint(cohort: Cohort) -> dict[str, tuple[int, int]]:
     """Size and mtime of every file under the cohort's models and results folders and its SQLite files."""
     out: dict[str, tuple[int, int]] = {}
@@ -147,7 +161,7 @@ def retrain_check(cohort_path: str | Path, work: str | Path, model: str = "abmil
     """One seed: baseline, review with the truth, export, retrain; BA before/after against the true labels."""
     from core.analysis_io import read_predictions
     from core.export import export_labels
-    from core.review import open_cohort_store, retrain
+    from core.review import build_queue, open_cohort_store, retrain
 
     cohort = load_cohort(cohort_path)
     truth = read_truth(cohort.root)
@@ -160,6 +174,7 @@ def retrain_check(cohort_path: str | Path, work: str | Path, model: str = "abmil
         t_base = time.perf_counter() - t
         if progress:
             progress(0.47, "review: applying the true labels")
+        queue = queue_recall(build_queue(ws, store, v1), truth)
         review = apply_truth(store, truth, model_version=v1)
         audit = [r for r in store.history() if r.reviewer == REVIEWER]
         exp = export_labels(ws, store, ws.root / "labels_v2.csv")
@@ -180,7 +195,7 @@ def retrain_check(cohort_path: str | Path, work: str | Path, model: str = "abmil
             "ba_vs_given_before": before["ba_vs_labels"], "ba_vs_corrected_after": after["ba_vs_labels"],
             "verdict": "not lowered" if change >= 0 else "LOWERED",
             "baseline": before, "retrained": after,
-            "review": {**review, "audit_rows": len(audit),
+            "review": {**review, "audit_rows": len(audit), "baseline_queue": queue,
                        "audit_reasons": sorted({r.reason for r in audit})},
             "export": {"labels": str(exp.path), "manifest": str(exp.manifest_path), "rows": exp.rows,
                        "changed": exp.changed, "outliers": exp.outliers, "audit_max_id": exp.audit_max_id}}
