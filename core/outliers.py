@@ -4,7 +4,8 @@ The score is the Mahalanobis distance of the slide embedding (the MIL head's poo
 nearest training-class mean, with one shrunk (Ledoit-Wolf) covariance shared by the classes; the energy or
 max-softmax of the logits are available as alternatives. The threshold is set on the training slides'
 out-of-fold scores for a target false-positive rate and stored in ``model.json["ood"]``; slides over it are
-shown as 'Other?'.
+shown as 'Other?'. Outliers often sit in the training set under a class label, so by default the threshold is
+robust: scores with a robust z (median/MAD) over ``ROBUST_Z`` are left out before the percentile is taken.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from core.errors import InputError
 Method = Literal["mahalanobis", "energy", "msp"]
 OTHER_LABEL = "Other?"
 DEFAULT_FPR = 0.05
+ROBUST_Z = 3.5  # Iglewicz-Hoaglin cut-off for the modified z-score
+MAD_TO_SD = 1.4826  # MAD of a normal sample x this = its standard deviation
+ThresholdMethod = Literal["robust", "percentile"]
 
 
 @dataclass
@@ -82,11 +86,45 @@ def threshold_at_fpr(in_scores: np.ndarray, target_fpr: float = DEFAULT_FPR) -> 
     return float(np.quantile(s, 1.0 - target_fpr, method="higher"))
 
 
-def ood_meta(in_scores: np.ndarray, method: str, target_fpr: float = DEFAULT_FPR) -> dict[str, Any]:
-    """The ``model.json["ood"]`` block: method, threshold, target and achieved FPR on the training slides."""
+def robust_z(scores: np.ndarray) -> np.ndarray:
+    """Modified z-score ``(s - median) / (1.4826 * MAD)`` (0 everywhere when the MAD is 0)."""
+    s = np.asarray(scores, dtype=np.float64)
+    med = np.median(s)
+    mad = np.median(np.abs(s - med)) * MAD_TO_SD
+    return (s - med) / mad if mad > 0 else np.zeros_like(s)
+
+
+def robust_threshold(in_scores: np.ndarray, target_fpr: float = DEFAULT_FPR, z: float = ROBUST_Z
+                     ) -> tuple[float, int]:
+    """``threshold_at_fpr`` on the scores left after dropping high ones with robust z > ``z``.
+
+    The training slides can hold the very outliers the threshold should catch (labelled as some class); a plain
+    percentile then sits among them. Returns ``(threshold, number of scores left out)``.
+    """
     s = np.asarray(in_scores, dtype=np.float64)
-    thr = threshold_at_fpr(s, target_fpr)
-    return {"method": method, "threshold": thr, "target_fpr": target_fpr,
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        raise ValueError("robust_threshold: no finite scores")
+    keep = robust_z(s) <= z
+    return threshold_at_fpr(s[keep], target_fpr), int((~keep).sum())
+
+
+def ood_meta(in_scores: np.ndarray, method: str, target_fpr: float = DEFAULT_FPR,
+             threshold_method: ThresholdMethod = "robust", z: float = ROBUST_Z) -> dict[str, Any]:
+    """The ``model.json["ood"]`` block: score method, threshold and how it was set, FPR on the training slides."""
+    s = np.asarray(in_scores, dtype=np.float64)
+    if threshold_method == "robust":
+        thr, dropped = robust_threshold(s, target_fpr, z)
+        how: dict[str, Any] = {"threshold_method": "robust", "robust_z": z, "n_excluded": dropped,
+                               "threshold_rule": f"{1 - target_fpr:.0%} quantile of the training slides' "
+                                                 f"out-of-fold scores after dropping robust z > {z} (median/MAD)"}
+    elif threshold_method == "percentile":
+        thr = threshold_at_fpr(s, target_fpr)
+        how = {"threshold_method": "percentile", "n_excluded": 0,
+               "threshold_rule": f"{1 - target_fpr:.0%} quantile of the training slides' out-of-fold scores"}
+    else:
+        raise ValueError(f"unknown threshold method {threshold_method!r} (robust or percentile)")
+    return {"method": method, "threshold": thr, "target_fpr": target_fpr, **how,
             "train_fpr": float(np.mean(s > thr)), "n_train": int(s.size),
             "train_median": float(np.median(s)), "file": "ood.safetensors" if method == "mahalanobis" else None}
 

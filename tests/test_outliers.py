@@ -17,6 +17,8 @@ from core.outliers import (
     load_reference,
     ood_meta,
     ood_scores,
+    robust_threshold,
+    robust_z,
     save_reference,
     threshold_at_fpr,
 )
@@ -60,11 +62,39 @@ def test_threshold_meets_the_target_fpr_and_flags() -> None:
     scores = np.random.default_rng(2).normal(0, 1, 1000)
     thr = threshold_at_fpr(scores, 0.05)
     assert 0.03 <= np.mean(scores > thr) <= 0.05
-    meta = {"ood": ood_meta(scores, "mahalanobis", 0.05)}
-    assert meta["ood"]["threshold"] == pytest.approx(thr)
+    meta = {"ood": ood_meta(scores, "mahalanobis", 0.05, threshold_method="percentile")}
+    assert meta["ood"]["threshold"] == pytest.approx(thr) and meta["ood"]["threshold_method"] == "percentile"
     assert is_outlier(thr + 0.1, meta) and not is_outlier(thr - 0.1, meta)
     assert display_label("HGSC", thr + 1, meta) == OTHER_LABEL and display_label("HGSC", thr - 1, meta) == "HGSC"
     assert not is_outlier(99.0, {})  # a model without an OOD block flags nothing
+
+
+def test_robust_threshold_ignores_planted_outliers_in_the_reference() -> None:
+    """Outliers hidden among the training slides must not lift the threshold above them (a plain percentile does)."""
+    rng = np.random.default_rng(4)
+    clean = rng.gamma(6.0, 0.5, 50)  # right-skewed, like Mahalanobis distances
+    planted = np.array([9.0, 10.5, 12.0, 15.0])  # 4 of 54 (7%): more than the 5% a percentile tolerates
+    dirty = np.r_[clean, planted]
+    clean_thr = threshold_at_fpr(clean, 0.05)
+    thr, dropped = robust_threshold(dirty, 0.05)
+    assert dropped >= len(planted)
+    assert abs(thr - clean_thr) <= 0.1 * clean_thr, (thr, clean_thr)
+    assert np.all(planted > thr)  # every planted outlier is caught
+    assert threshold_at_fpr(dirty, 0.05) >= planted.min()  # the plain percentile sits among them
+    meta = ood_meta(dirty, "mahalanobis", 0.05)
+    assert meta["threshold_method"] == "robust" and meta["robust_z"] == 3.5
+    assert meta["threshold"] == pytest.approx(thr) and meta["n_excluded"] == dropped
+    assert meta["train_fpr"] <= 0.05 + len(planted) / len(dirty)
+    with pytest.raises(ValueError, match="threshold method"):
+        ood_meta(dirty, "mahalanobis", threshold_method="median")  # type: ignore[arg-type]
+
+
+def test_robust_z_is_scale_free_and_safe_on_constant_scores() -> None:
+    s = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    np.testing.assert_allclose(robust_z(s * 7 + 3), robust_z(s))
+    assert robust_z(s)[-1] > 3.5 and np.all(np.abs(robust_z(s)[:4]) < 3.5)
+    assert np.all(robust_z(np.ones(6)) == 0)
+    assert robust_threshold(np.ones(6))[0] == 1.0
 
 
 def test_reference_round_trip(tmp_path: Path) -> None:
