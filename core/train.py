@@ -77,6 +77,7 @@ def fit(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = create_model(s.model, bags[0].features.shape[1], n_classes, **s.model_kwargs).to(device)
+    model.fit_input_norm(torch.cat([b.features for b in bags]).to(device))  # only heads that want it use it
     epochs = epochs or s.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(bags), eta_min=s.lr * 0.05)

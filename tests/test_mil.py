@@ -61,6 +61,55 @@ def test_transmil_cls_row_equals_full_nystrom_attention_row(n_tokens: int) -> No
     torch.testing.assert_close(row, expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["last", "mean", "rollout"])
+@pytest.mark.parametrize("n", [1, 7, 257, 300])
+def test_transmil_attention_modes_give_one_value_per_patch(mode: str, n: int) -> None:
+    """Every mode keeps only the real patches (Nystrom front padding and PPEG fillers removed); the CLS row of
+    one layer is a probability row, so the patches' share is positive and at most 1."""
+    torch.manual_seed(2)
+    model = create_model("transmil", D, C, hidden=64, attention_mode=mode).eval()
+    out = model(torch.randn(n, D))
+    assert out.attention.shape == (n,)
+    assert torch.isfinite(out.attention).all()
+    assert 0 < float(out.attention.sum()) <= 1.0 + 1e-4
+
+
+def test_transmil_last_mode_is_the_last_layers_cls_row_with_fillers_folded_back() -> None:
+    """For 7 patches the 3x3 grid repeats patches 0 and 1: their copies' attention is added to them."""
+    torch.manual_seed(3)
+    model = create_model("transmil", D, C, hidden=64).eval()
+    x = torch.randn(7, D)
+    rows = []
+    inner = model.layer2.forward_with_factors
+
+    def spy(h: torch.Tensor, cls_attention: bool = True):  # noqa: ANN202 - records the layer's CLS row
+        res = inner(h, cls_attention)
+        rows.append(res[1])
+        return res
+
+    model.layer2.forward_with_factors = spy  # type: ignore[method-assign]
+    out = model(x)
+    row = rows[0][0, 1:]  # [9]: 7 patches then copies of patches 0 and 1
+    expected = row[:7].clone()
+    expected[:2] += row[7:]
+    torch.testing.assert_close(out.attention, expected)
+
+
+def test_transmil_input_norm_makes_it_invariant_to_feature_scale_and_offset() -> None:
+    torch.manual_seed(4)
+    a = create_model("transmil", D, C, hidden=64).eval()
+    b = create_model("transmil", D, C, hidden=64).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(500, D)
+    a.fit_input_norm(x)
+    b.fit_input_norm(x * 3.0 + 5.0)
+    bag = x[:40]
+    oa, ob = a(bag), b(bag * 3.0 + 5.0)
+    torch.testing.assert_close(ob.logits, oa.logits, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(ob.attention, oa.attention, rtol=1e-3, atol=1e-5)
+    assert "feat_mean" in a.state_dict() and float(a.feat_std.min()) > 0
+
+
 @pytest.mark.parametrize("name", ["abmil", "transmil", "dsmil"])
 def test_eval_mode_is_deterministic(name: str) -> None:
     model = create_model(name, D, C).eval()

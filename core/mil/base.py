@@ -48,6 +48,9 @@ class MILModel(nn.Module):
             raise ValueError(f"{self.name}: features have dimension {d}, the model expects {self.in_dim}")
         return features
 
+    def fit_input_norm(self, features: Tensor) -> None:
+        """Learn input statistics from the training patches ``[M, D]`` before training (default: nothing)."""
+
     def loss(self, out: MILOutput, target: Tensor) -> Tensor:
         """Cross-entropy of the slide logits against the class index ``target`` (a 0-d long tensor)."""
         return F.cross_entropy(out.logits[None], target.view(1))

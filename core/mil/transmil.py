@@ -97,6 +97,9 @@ class TransMIL(MILModel):
         if attention_mode not in ATTENTION_MODES:
             raise ValueError(f"transmil: attention_mode {attention_mode!r} not in {ATTENTION_MODES}")
         self.in_dim, self.n_classes, self.attention_mode = in_dim, n_classes, attention_mode
+        # per-feature standardisation of the input, set from the training patches (saved with the weights)
+        self.register_buffer("feat_mean", torch.zeros(in_dim))
+        self.register_buffer("feat_std", torch.ones(in_dim))
         self.fc1 = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU())
         self.cls_token = nn.Parameter(torch.randn(1, 1, hidden) * 0.02)
         self.layer1 = TransLayer(hidden, dropout, landmarks)
@@ -105,8 +108,16 @@ class TransMIL(MILModel):
         self.norm = nn.LayerNorm(hidden)
         self.fc2 = nn.Linear(hidden, n_classes)
 
+    @torch.no_grad()
+    def fit_input_norm(self, features: Tensor) -> None:
+        """Standardise inputs with the mean and standard deviation of the training patches ``[M, D]``."""
+        x = features.to(self.feat_mean.device, torch.float32)
+        self.feat_mean.copy_(x.mean(dim=0))
+        self.feat_std.copy_(x.std(dim=0).clamp_min(1e-6) if len(x) > 1 else torch.ones_like(self.feat_std))
+
     def forward(self, features: Tensor) -> MILOutput:
         x = self._as_bag(features)  # [N, D]
+        x = (x - self.feat_mean.to(x.dtype)) / self.feat_std.to(x.dtype)  # [N, D], standardised
         n = x.shape[0]
         h = self.fc1(x)[None]  # [1, N, H]
         side = math.ceil(math.sqrt(n))
