@@ -5,7 +5,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import sqlite3
+import sys
 import threading
+import types
 from pathlib import Path
 
 import pandas as pd
@@ -188,7 +190,10 @@ def _process_edit(url: str, who: str, label: str, base: int, barrier: object, ou
         out.put((who, str(exc)))  # type: ignore[attr-defined]
 
 
-def test_two_processes_same_version_exactly_one_wins(store: Store, url: str) -> None:
+def test_two_processes_same_version_exactly_one_wins(store: Store, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # spawn re-runs the parent's __main__ in each child; after an AppTest in this process that is the AppTest's
+    # temporary page script, so give the children a bare __main__ (they import _process_edit from this module)
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(2), ctx.Queue()
     base = store.state("s1").version
