@@ -113,6 +113,11 @@ def test_workspace_refuses_other_folders(demo: Path, tmp_path: Path) -> None:
     for bad in (demo, demo / "models", demo / "features" / "x"):
         with pytest.raises(InputError, match="workspace must be a folder of its own"):
             make_workspace(cohort, bad)
+    (demo / "results").mkdir()  # an empty cohort folder is refused too (and left empty)
+    with pytest.raises(InputError, match="workspace must be a folder of its own"):
+        bench_retrain(demo, [0], work=demo / "results")
+    assert not any((demo / "results").iterdir())
+    (demo / "results").rmdir()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(InputError, match="not a bench retrain workspace"):

@@ -68,9 +68,8 @@ def score_oof(oof: pd.DataFrame, truth: pd.DataFrame, labels: pd.DataFrame) -> d
             if len(known) else None}
 
 
-def make_workspace(cohort: Cohort, work: Path) -> Cohort:
-    """A fresh scratch cohort in ``work``: the source's slides and features, a copy of its labels, and its own
-    models, results and database. ``work`` must be new, empty or an earlier workspace (which is wiped)."""
+def _check_work(cohort: Cohort, work: Path) -> Path:
+    """``work`` resolved, refused when it is (inside or a parent of) a folder of the cohort that must stay as it is."""
     work = work.resolve()
     kept = [cohort.models, cohort.results, cohort.features, *cohort.slide_sources,
             *([cohort.labels] if cohort.labels is not None else [])]
@@ -78,6 +77,13 @@ def make_workspace(cohort: Cohort, work: Path) -> Cohort:
     if work == cohort.root or any(p.is_relative_to(work) or work.is_relative_to(p) for p in kept):
         raise InputError(f"{work}: the workspace must be a folder of its own, not the cohort's root, models, "
                          "results or features (or a parent of them)")
+    return work
+
+
+def make_workspace(cohort: Cohort, work: Path) -> Cohort:
+    """A fresh scratch cohort in ``work``: the source's slides and features, a copy of its labels, and its own
+    models, results and database. ``work`` must be new, empty or an earlier workspace (which is wiped)."""
+    work = _check_work(cohort, work)
     if cohort.labels is None or not Path(cohort.labels).is_file():
         raise InputError(f"{cohort.source or cohort.root}: the cohort has no labels file to retrain from")
     if work.exists():
@@ -220,8 +226,7 @@ def bench_retrain(cohort_path: str | Path, seeds: list[int], work: str | Path | 
     read_truth(cohort.root)  # fail before any work
     if not seeds:
         raise InputError("no seeds given (e.g. --seeds 0,1,2)")
-    work = Path(work) if work is not None else cohort.root / "bench" / "retrain"
-    work = work.resolve()
+    work = _check_work(cohort, Path(work) if work is not None else cohort.root / "bench" / "retrain")
     if work.exists() and any(work.iterdir()) and not (work / MARKER).is_file():
         raise InputError(f"{work}: exists and is not a bench retrain workspace; choose another --work")
     work.mkdir(parents=True, exist_ok=True)
