@@ -31,7 +31,10 @@ Progress = Callable[[float, str], None]
 
 DEFAULTS: dict[str, dict[str, Any]] = {  # per-model training defaults (small bags, CPU-cheap)
     "abmil": {"lr": 1e-3, "epochs": 40, "model_kwargs": {"hidden": 256, "dropout": 0.25}},
-    "transmil": {"lr": 2e-4, "epochs": 30, "model_kwargs": {"hidden": 128, "dropout": 0.1}},
+    # TransMIL: no early stopping (on the demo's ~7 inner-validation slides it stopped folds after 1-3 epochs,
+    # leaving attention near chance); the first layer's CLS row localises best (see core/mil/transmil.py)
+    "transmil": {"lr": 5e-4, "epochs": 15, "val_fraction": 0.0,
+                 "model_kwargs": {"hidden": 128, "dropout": 0.1, "attention_mode": "first"}},
     "dsmil": {"lr": 1e-3, "epochs": 40, "model_kwargs": {"hidden": 256, "dropout": 0.25}},
 }
 
@@ -208,8 +211,12 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
     rows = table.training_rows()
     base = DEFAULTS[model]
     kw = {**base["model_kwargs"], **overrides.pop("model_kwargs", {})}
-    s = TrainSettings(model=model, epochs=epochs or base["epochs"], lr=base["lr"], folds=folds, seed=seed,
-                      model_kwargs=kw, **overrides)
+    fields = {**{k: v for k, v in base.items() if k != "model_kwargs"}, **overrides}  # per-model defaults < caller
+    fields["epochs"] = epochs or fields["epochs"]
+    try:
+        s = TrainSettings(model=model, folds=folds, seed=seed, model_kwargs=kw, **fields)
+    except TypeError as exc:
+        raise InputError(f"train {model}: unknown training setting ({exc})") from None
     device = resolve_device(device)
     _report(progress, 0.0, "reading features")
     bags, missing = load_bags(features_dir, list(rows["image_id"]))

@@ -114,6 +114,9 @@ def evaluate(cohort: Any, model_dir: Path, truth: pd.DataFrame, masks_dir: Path)
         out["ood_auroc"] = round(float(roc_auc_score(y, s)), 4)
         out["ood_tpr_at_threshold"] = round(float(np.mean(s[y == 1] > thr)), 4)
         out["ood_fpr_at_threshold"] = round(float(np.mean(s[y == 0] > thr)), 4)
+        out["ood_caught"] = f"{int(np.sum(s[y == 1] > thr))}/{int(y.sum())}"
+        out["ood_false_flags"] = f"{int(np.sum(s[y == 0] > thr))}/{int((y == 0).sum())}"
+        out["ood_threshold"] = {k: meta["ood"].get(k) for k in ("threshold", "threshold_method", "n_excluded")}
     # attention localisation against the tumour masks (inliers only), held-out and final-model attention
     res_dir = Path(cohort.results) / meta["version"] / ATTENTION_DIR
     held, final = [], []

@@ -7,6 +7,7 @@ the columns of the patch tokens are kept (``[pad + 1, pad + 1 + N)``) and the fi
 to the patches they copy. ``attention_mode`` picks which layers form it:
 
 - ``"last"``: the CLS row of the last layer (heads averaged);
+- ``"first"``: the CLS row of the first layer (before PPEG mixes neighbouring tokens);
 - ``"mean"``: the mean of both layers' CLS rows;
 - ``"rollout"``: attention rollout (Abnar & Zuidema, 2020) over both layers, each ``0.5 A + 0.5 I`` for the
   residual path: ``r = cls2 (0.5 A1 + 0.5 I)`` with ``cls2`` the last layer's CLS row of ``0.5 A2 + 0.5 I``.
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from core.mil.base import MILModel, MILOutput
 
-ATTENTION_MODES = ("last", "mean", "rollout")
+ATTENTION_MODES = ("last", "first", "mean", "rollout")
 Mats = tuple[Tensor, Tensor, Tensor, int]  # attn1 [B,h,n+pad,m], attn2_inv [B,h,m,m], attn3 [B,h,m,n+pad], pad
 
 
@@ -132,7 +133,9 @@ class TransMIL(MILModel):
         h, row2, _ = self.layer2.forward_with_factors(h, cls_attention=True)  # row2: [1, 1 + side*side]
         embedding = self.norm(h)[0, 0]  # [H], the CLS token
         logits = self.fc2(embedding)  # [C]
-        if mode == "mean":
+        if mode == "first":
+            row = row1
+        elif mode == "mean":
             row = (row1 + row2) / 2
         elif mode == "rollout":
             r2 = 0.5 * row2
