@@ -313,7 +313,8 @@ class SlideCache:
         self._lock = threading.Lock()
         self._opening: dict[tuple[str, float | None], threading.Lock] = {}
 
-    def get(self, path: str | Path, mpp: float | None = None) -> Slide:
+    def get(self, path: str | Path, mpp: float | None = None, cache_dir: str | Path | None = None) -> Slide:
+        """The open slide for ``path`` (opened on first use; plain images converted under ``cache_dir``)."""
         key = (str(Path(path).resolve()), mpp)
         with self._lock:
             if key in self._slides:
@@ -324,7 +325,7 @@ class SlideCache:
             with self._lock:
                 if key in self._slides:
                     return self._slides[key]
-            slide = open_slide(path, mpp=mpp, cache_dir=self.cache_dir)
+            slide = open_slide(path, mpp=mpp, cache_dir=cache_dir or self.cache_dir)
             with self._lock:
                 self._slides[key] = slide
                 self._opening.pop(key, None)

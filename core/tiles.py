@@ -110,13 +110,13 @@ def resolve_slide(image_id: str, cohort_name: str | None = None) -> tuple[Cohort
 
 def open_cohort_slide(cohort: Cohort, image_id: str) -> Slide:
     """The cohort's slide through the shared cache (per-slide mpp override applied); raises ``SlideError``."""
-    return shared_slide_cache().get(cohort.slide_path(image_id), cohort.mpp_for(image_id))
+    return shared_slide_cache().get(cohort.slide_path(image_id), cohort.mpp_for(image_id), cohort.cache_dir)
 
 
 def _slide(image_id: str, cohort_name: str | None) -> Slide:
     cohort, path = resolve_slide(image_id, cohort_name)
     try:
-        return shared_slide_cache().get(path, cohort.mpp_for(image_id))
+        return shared_slide_cache().get(path, cohort.mpp_for(image_id), cohort.cache_dir)
     except SlideLensError as exc:
         raise TileError(500, str(exc)) from exc
 

@@ -169,3 +169,17 @@ def test_openseadragon_is_served_same_origin(client):
     r = client.get("/tiles/_static/osd/openseadragon.min.js")
     assert r.status_code == 200 and "OpenSeadragon" in r.text[:2000]
     assert client.get("/tiles/_static/osd/images/zoomin_rest.png").headers["content-type"] == "image/png"
+
+
+def test_plain_image_pyramids_live_in_the_cohorts_cache(tmp_path) -> None:
+    from PIL import Image
+
+    from core.cohort import cohort_from_dict
+    from core.tiles import open_cohort_slide
+
+    (tmp_path / "slides").mkdir()
+    Image.new("RGB", (700, 500), (230, 150, 190)).save(tmp_path / "slides" / "core_7.png")
+    cohort = cohort_from_dict({"slides": "slides", "default_mpp": 0.25}, tmp_path)
+    slide = open_cohort_slide(cohort, "core_7")
+    assert slide.dimensions == (700, 500)
+    assert len(list((tmp_path / ".cache" / "pyramids").glob("core_7-*.tiff"))) == 1
