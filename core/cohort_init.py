@@ -47,8 +47,12 @@ def _preview(ids: list[str], n: int = 5) -> str:
 
 
 def check_cohort(slides: Path, labels: Path | None = None, features: Path | None = None,
-                 classes: list[str] | None = None, open_slides: bool = True, strict: bool = False) -> CohortReport:
-    """Check every path and file; with ``strict`` warnings (unlabelled, unreadable, ...) become errors."""
+                 classes: list[str] | None = None, open_slides: bool = True, strict: bool = False,
+                 cache_dir: Path | None = None) -> CohortReport:
+    """Check every path and file; with ``strict`` warnings (unlabelled, unreadable, ...) become errors.
+
+    Opening a plain PNG/JPEG converts it to a pyramid under ``cache_dir`` (the cohort's cache, so it is reused later).
+    """
     rep = CohortReport()
     if not slides.exists():
         rep.errors.append(f"{slides}: slides folder not found")
@@ -60,7 +64,8 @@ def check_cohort(slides: Path, labels: Path | None = None, features: Path | None
     if open_slides:
         for image_id, path in rep.slides.items():
             try:
-                open_slide(path, validate=True, cache_dir=Path(tempfile.gettempdir()) / "slidelens-check").close()
+                cache = cache_dir or Path(tempfile.gettempdir()) / "slidelens-check"
+                open_slide(path, validate=True, cache_dir=cache).close()
             except SlideLensError as exc:
                 rep.unreadable[image_id] = str(exc)
         if rep.unreadable:
@@ -103,7 +108,7 @@ def init_cohort(out: Path, slides: Path, labels: Path | None = None, *, name: st
     root = out.parent.resolve()
     features = features or root / "features"
     rep = check_cohort(slides.resolve(), labels.resolve() if labels else None, features, classes=classes,
-                       open_slides=open_slides, strict=strict)
+                       open_slides=open_slides, strict=strict, cache_dir=root / ".cache")
     if out.exists() and out.is_dir():
         rep.errors.append(f"{out}: is a directory")
     if not rep.ok:
