@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import pandas as pd
 import streamlit as st
 
@@ -114,8 +116,10 @@ def cell_list(sel: pd.DataFrame, version: str, cohort, title: str) -> None:
                 st.image(img, width=140)
             else:
                 st.caption("no thumbnail")
-            st.markdown(f'<a href="{av.viewer_link(row.image_id, version)}" target="_self" class="an-viewer-link">'
-                        f"{row.image_id}</a> · {row.confidence:.2f}", unsafe_allow_html=True)
+            # ids come from file names and labels files: escape them, this is the one HTML snippet of the page
+            link, name = html.escape(av.viewer_link(row.image_id, version)), html.escape(str(row.image_id))
+            st.markdown(f'<a href="{link}" target="_self" class="an-viewer-link">{name}</a> · {row.confidence:.2f}',
+                        unsafe_allow_html=True)
     if len(sel) > MAX_THUMBS:
         st.caption(f"thumbnails for the first {MAX_THUMBS}; all {len(sel)} are in the table")
 
