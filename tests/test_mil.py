@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from core.mil import MILOutput, create_model, list_models
-from core.mil.transmil import TransLayer, entropy_head_weights
+from core.mil.transmil import TransLayer
 
 SIZES = [1, 7, 257, 1000]  # 257 and 1000 need Nystrom padding; 7 and 257 need the PPEG square fill
 D, C = 24, 3
@@ -61,7 +61,7 @@ def test_transmil_cls_row_equals_full_nystrom_attention_row(n_tokens: int) -> No
     torch.testing.assert_close(row, expected, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["last", "first", "first_entropy", "mean", "rollout"])
+@pytest.mark.parametrize("mode", ["last", "first", "mean", "rollout"])
 @pytest.mark.parametrize("n", [1, 7, 257, 300])
 def test_transmil_attention_modes_give_one_value_per_patch(mode: str, n: int) -> None:
     """Every mode keeps only the real patches (Nystrom front padding and PPEG fillers removed); the CLS row of
@@ -144,37 +144,6 @@ def test_factory_rejects_unknown_names() -> None:
     assert list_models() == ["abmil", "dsmil", "transmil"]
     with pytest.raises(ValueError, match="unknown MIL model"):
         create_model("clam", D, C)
-
-
-def test_entropy_head_weights_favour_peaked_heads_and_sum_to_one() -> None:
-    """Head 0 puts its weight on one patch, head 1 spreads it evenly: head 0 gets the larger weight."""
-    n = 16
-    peaked = torch.full((n + 1,), 0.01 / n)
-    peaked[3] = 0.99
-    flat = torch.full((n + 1,), 1.0 / (n + 1))
-    w = entropy_head_weights(torch.stack([peaked, flat])[None])  # [1, 2]
-    assert w.shape == (1, 2)
-    torch.testing.assert_close(w.sum(dim=1), torch.ones(1))
-    assert float(w[0, 0]) > 0.99 > float(w[0, 1])
-
-
-def test_transmil_first_entropy_mode_is_first_mode_when_heads_agree() -> None:
-    """With the same weights, first_entropy differs from first only in how heads are combined: equal heads
-    (query/key weights identical across heads) give the same attention; distinct heads generally do not."""
-    torch.manual_seed(5)
-    a = create_model("transmil", D, C, hidden=64, attention_mode="first").eval()
-    b = create_model("transmil", D, C, hidden=64, attention_mode="first_entropy").eval()
-    b.load_state_dict(a.state_dict())
-    x = torch.randn(30, D)
-    assert not torch.allclose(a(x).attention, b(x).attention)
-    with torch.no_grad():  # make every head's q and k projection the same -> identical CLS rows per head
-        w = a.layer1.attn.to_qkv.weight  # [3 * heads * dim_head, hidden]
-        hd = w.shape[0] // 3 // 8
-        for part in range(2):  # q and k
-            block = w[part * 8 * hd:(part + 1) * 8 * hd]
-            block.copy_(block[:hd].repeat(8, 1))
-    b.load_state_dict(a.state_dict())
-    torch.testing.assert_close(b(x).attention, a(x).attention, rtol=1e-4, atol=1e-6)
 
 
 def test_transmil_first_mode_does_not_favour_patches_repeated_as_fillers() -> None:

@@ -9,8 +9,6 @@ its filler copies' weights (a sum would double the repeated patches and bias the
 
 - ``"last"``: the CLS row of the last layer (heads averaged);
 - ``"first"``: the CLS row of the first layer (before PPEG mixes neighbouring tokens);
-- ``"first_entropy"``: like ``"first"`` but the heads weighted by how peaked their CLS row is over the patch
-  tokens (``softmax(-4 * entropy)``), so diffuse heads count less (``entropy_head_weights``);
 - ``"mean"``: the mean of both layers' CLS rows;
 - ``"rollout"``: attention rollout (Abnar & Zuidema, 2020) over both layers, each ``0.5 A + 0.5 I`` for the
   residual path: ``r = cls2 (0.5 A1 + 0.5 I)`` with ``cls2`` the last layer's CLS row of ``0.5 A2 + 0.5 I``.
@@ -26,8 +24,7 @@ from torch import Tensor, nn
 
 from core.mil.base import MILModel, MILOutput
 
-ATTENTION_MODES = ("last", "first", "first_entropy", "mean", "rollout")
-ENTROPY_SHARPNESS = 4.0  # first_entropy: head weights softmax(-ENTROPY_SHARPNESS * entropy in nats)
+ATTENTION_MODES = ("last", "first", "mean", "rollout")
 Mats = tuple[Tensor, Tensor, Tensor, int]  # attn1 [B,h,n+pad,m], attn2_inv [B,h,m,m], attn3 [B,h,m,n+pad], pad
 
 
@@ -40,15 +37,6 @@ def row_times_attention(r: Tensor, mats: Mats) -> Tensor:
     full = nn.functional.pad(r, (pad, 0))[:, None, None, :]  # [B, 1, 1, n+pad], zero weight on the padding
     out = (full.to(attn1.dtype) @ attn1 @ attn2_inv @ attn3).squeeze(2)  # [B, h, n+pad]
     return out.mean(dim=1)[:, pad:]  # [B, n]
-
-
-def entropy_head_weights(rows: Tensor, sharpness: float = ENTROPY_SHARPNESS) -> Tensor:
-    """Head weights ``[B, h]`` (summing to 1) from per-head CLS rows ``[B, h, 1 + n]``: lower entropy over the
-    patch tokens (CLS column dropped, rows renormalised) gives a larger weight, ``softmax(-sharpness * H)``."""
-    p = rows[..., 1:].clamp_min(1e-12)
-    p = p / p.sum(dim=-1, keepdim=True)
-    entropy = -(p * p.log()).sum(dim=-1)  # [B, h]
-    return torch.softmax(-sharpness * entropy, dim=-1)
 
 
 class TransLayer(nn.Module):
@@ -65,12 +53,9 @@ class TransLayer(nn.Module):
         out, row, _ = self.forward_with_factors(x, cls_attention)
         return out, row
 
-    def forward_with_factors(self, x: Tensor, cls_attention: bool = True, heads: str = "mean"
+    def forward_with_factors(self, x: Tensor, cls_attention: bool = True
                              ) -> tuple[Tensor, Tensor | None, Mats | None]:
-        """Like ``forward``, also returning the attention's Nystrom factors for ``row_times_attention``.
-
-        ``heads``: ``"mean"`` averages the heads' CLS rows, ``"entropy"`` weights them by ``entropy_head_weights``.
-        """
+        """Like ``forward``, also returning the attention's Nystrom factors for ``row_times_attention``."""
         if not cls_attention:
             return x + self.attn(self.norm(x)), None, None
         n = x.shape[1]  # sequence length before the attention's own padding
@@ -79,12 +64,7 @@ class TransLayer(nn.Module):
         pad = (m - n % m) % m  # zero tokens NystromAttention put in front; the CLS token sits right after them
         # CLS row only: [B, h, m] @ [B, h, m, m] @ [B, h, m, n+pad] -> [B, h, n+pad]; never the full n x n matrix
         row = (attn1[:, :, pad, :].unsqueeze(2) @ attn2_inv @ attn3).squeeze(2)
-        rows = row[:, :, pad:]  # [B, h, n]
-        if heads == "entropy":
-            combined = (entropy_head_weights(rows)[:, :, None] * rows).sum(dim=1)
-        else:
-            combined = rows.mean(dim=1)
-        return x + out, combined, (attn1, attn2_inv, attn3, pad)
+        return x + out, row.mean(dim=1)[:, pad:], (attn1, attn2_inv, attn3, pad)
 
 
 class PPEG(nn.Module):
@@ -149,13 +129,12 @@ class TransMIL(MILModel):
             h = torch.cat([h, h[:, fill]], dim=1)  # [1, side*side, H]
         h = torch.cat([self.cls_token.to(h.dtype), h], dim=1)  # [1, 1 + side*side, H]
         mode = self.attention_mode
-        h, row1, mats1 = self.layer1.forward_with_factors(h, cls_attention=mode != "last",
-                                                          heads="entropy" if mode == "first_entropy" else "mean")
+        h, row1, mats1 = self.layer1.forward_with_factors(h, cls_attention=mode != "last")
         h = self.ppeg(h, side)
         h, row2, _ = self.layer2.forward_with_factors(h, cls_attention=True)  # row2: [1, 1 + side*side]
         embedding = self.norm(h)[0, 0]  # [H], the CLS token
         logits = self.fc2(embedding)  # [C]
-        if mode in ("first", "first_entropy"):
+        if mode == "first":
             row = row1
         elif mode == "mean":
             row = (row1 + row2) / 2
