@@ -290,7 +290,9 @@ def test_bench_extract_writes_its_figures(tmp_path: Path, capsys: pytest.Capture
     capsys.readouterr()
     res = json.loads(out.read_text())
     assert res["model_only_patches_per_s"] > 0 and res["end_to_end_patches_per_s"] > 0
-    assert res["ratio"] == pytest.approx(res["end_to_end_patches_per_s"] / res["model_only_patches_per_s"], rel=0.01)
+    # the JSON rounds patches/s to 2 decimals and the ratio to 3: compare within that rounding
+    recomputed = res["end_to_end_patches_per_s"] / res["model_only_patches_per_s"]
+    assert res["ratio"] == pytest.approx(recomputed, rel=0.02, abs=0.002)
     assert res["full_extract_slide"]["patches"] > 0 and res["patches_per_pass"] == 8
 
 
