@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from core.cohort import Cohort
 from core.errors import SlideLensError
 from core.labels import read_labels
+
+if TYPE_CHECKING:
+    from core.review import ModelView
 
 
 @dataclass
@@ -55,34 +58,35 @@ def cohort_summary(cohort: Cohort) -> CohortSummary:
             s.n_wsi, s.n_tma = _kinds(labels_df)
         except SlideLensError as exc:
             s.problems.append(str(exc))
-    _model_part(cohort, s)
-    _review_part(cohort, s)
+    view = _model_part(cohort, s)
+    _review_part(cohort, s, view)
     return s
 
 
-def _model_part(cohort: Cohort, s: CohortSummary) -> None:
+def _model_part(cohort: Cohort, s: CohortSummary) -> ModelView | None:
+    """Fill the model figures; returns the latest version's view (read once, shared with the review part)."""
     from core.review import load_model_view, model_versions
 
     try:
         s.versions = model_versions(cohort)
-        view = load_model_view(cohort)
+        view = load_model_view(cohort, s.versions[-1] if s.versions else None)
     except SlideLensError as exc:
         s.problems.append(str(exc))
-        return
+        return None
     s.version = view.version
     s.model = view.meta.get("model")
     thr = view.ood_threshold
     if thr is not None and not view.predictions.empty and "ood_score" in view.predictions.columns:
         s.likely_outliers = int((pd.to_numeric(view.predictions["ood_score"], errors="coerce") > thr).sum())
+    return view
 
 
-def _review_part(cohort: Cohort, s: CohortSummary) -> None:
+def _review_part(cohort: Cohort, s: CohortSummary, view: ModelView | None) -> None:
     from core.analysis import compute_metrics, join_predictions
-    from core.review import build_queue, load_model_view, open_cohort_store
+    from core.review import build_queue, open_cohort_store
 
     try:
         store = open_cohort_store(cohort)
-        view = load_model_view(cohort)
         states = store.state_table()
     except SlideLensError as exc:
         s.problems.append(str(exc))
@@ -91,7 +95,7 @@ def _review_part(cohort: Cohort, s: CohortSummary) -> None:
         return
     s.reviewed = len({row.image_id for row in store.history() if row.reviewer != "import"})
     current = states[["image_id", "label"]].copy()
-    if view.version is None:
+    if view is None or view.version is None:
         return
     try:
         classes = view.classes
