@@ -26,10 +26,6 @@ class LabelTable:
     classes: tuple[str, ...]
     path: Path | None = None
 
-    def label_of(self, image_id: str) -> str | None:
-        row = self.df.loc[self.df["image_id"] == image_id]
-        return None if row.empty else str(row["label"].iloc[0])
-
     def training_rows(self) -> pd.DataFrame:
         """Rows to train on: labelled, in the class list, not outliers, not excluded."""
         df = self.df[self.df["label"].isin(self.classes)]

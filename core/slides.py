@@ -177,11 +177,6 @@ class Slide:
             max_size = (max_size, max_size)
         return _rgba_to_rgb(self._guard(self._osr.get_thumbnail, max_size))
 
-    def thumbnail_with_downsample(self, max_size: int = 1024) -> tuple[Image.Image, float]:
-        """Thumbnail plus the level-0 pixels per thumbnail pixel (exact along x)."""
-        img = self.thumbnail(max_size)
-        return img, self.dimensions[0] / img.size[0]
-
     # --- Deep Zoom --------------------------------------------------------------------------
     def deepzoom(self, tile_size: int = DZ_TILE_SIZE, overlap: int = DZ_OVERLAP,
                  limit_bounds: bool = False) -> DeepZoomGenerator:
