@@ -1,4 +1,4 @@
-"""The app's shared, cached resources: the current cohort and the slide-handle cache."""
+"""The app's shared, cached resource: the current cohort (slide handles are shared through core.tiles)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import streamlit as st
 
 from core.cohort import Cohort, default_cohort_path, load_cohort
-from core.slides import SlideCache
 
 COHORT_KEY = "cohort_path"
 
@@ -28,11 +27,3 @@ def current_cohort() -> Cohort:
     path = cohort_path()
     mtime = path.stat().st_mtime if path.is_file() else 0.0
     return _load_cohort(str(path), mtime)
-
-
-@st.cache_resource(show_spinner=False)
-def slide_cache() -> SlideCache:
-    """One process-wide LRU of open slides, shared with the tile server."""
-    from core.tiles import shared_slide_cache  # the tile routes and the pages read the same handles
-
-    return shared_slide_cache()
