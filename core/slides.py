@@ -9,17 +9,22 @@ Coordinate planes follow openslide's naming: ``l0_`` level-0 pixels, ``l_`` pixe
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import numpy as np
 import openslide
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
 from core.errors import SlideError
+from core.tiff_direct import DirectTiffReader, open_direct
+
+log = logging.getLogger(__name__)
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SLIDE_SUFFIXES = (
@@ -28,6 +33,7 @@ SLIDE_SUFFIXES = (
 )
 DZ_TILE_SIZE = 254
 DZ_OVERLAP = 1
+DIRECT_CHECK_TOLERANCE = 1.0  # mean |difference| (0..255) allowed between direct and OpenSlide pixels
 ProgressFn = Callable[[float, str], None]
 
 
@@ -42,6 +48,8 @@ class Slide:
         self._mpp_override = mpp_override
         self._dz: dict[tuple[int, int, bool], DeepZoomGenerator] = {}
         self._lock = threading.Lock()
+        self._direct: DirectTiffReader | None = None
+        self._direct_tried = False
 
     # --- metadata -------------------------------------------------------------------------
     @property
@@ -190,20 +198,87 @@ class Slide:
 
     def deepzoom_tile(self, dz_level: int, col: int, row: int, tile_size: int = DZ_TILE_SIZE,
                       overlap: int = DZ_OVERLAP) -> Image.Image:
-        """One Deep Zoom tile as RGB; raises ``SlideError`` for an index out of range."""
+        """One Deep Zoom tile as RGB; raises ``SlideError`` for an index out of range.
+
+        The same pixels as openslide's ``DeepZoomGenerator.get_tile``, read faster: whole-pixel regions of tiled
+        TIFF levels come straight from their decoded tiles (``core.tiff_direct``), and opaque regions skip the
+        alpha compositing.
+        """
         dz = self.deepzoom(tile_size, overlap)
         if not 0 <= dz_level < dz.level_count:
             raise SlideError(self.path, f"Deep Zoom level {dz_level} out of range 0..{dz.level_count - 1}")
         cols, rows = dz.level_tiles[dz_level]
         if not (0 <= col < cols and 0 <= row < rows):
             raise SlideError(self.path, f"tile {col},{row} out of range at level {dz_level} ({cols}x{rows})")
-        tile = _rgba_to_rgb(self._guard(dz.get_tile, dz_level, (col, row)))
+        tile_info = getattr(dz, "_get_tile_info", None)  # openslide-python's geometry (present since 1.0)
+        if tile_info is None:
+            tile = _rgba_to_rgb(self._guard(dz.get_tile, dz_level, (col, row)), self.background)
+        else:
+            (l0_xy, level, l_size), z_size = tile_info(dz_level, (col, row))
+            tile = self._region_rgb(level, l0_xy, l_size)
+            if tile.size != tuple(z_size):
+                tile = tile.resize(tuple(z_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
         expected = dz_tile_size(dz.level_dimensions[dz_level], col, row, tile_size, overlap)
         if tile.size != expected:  # openslide's aspect-preserving thumbnail can drop a pixel on tiny levels
             tile = tile.resize(expected, Image.Resampling.BILINEAR)
         return tile
 
+    @property
+    def background(self) -> tuple[int, int, int]:
+        """The colour of glass (the file's background-color property, else white)."""
+        raw = self._osr.properties.get(openslide.PROPERTY_NAME_BACKGROUND_COLOR, "ffffff")
+        try:
+            return int(raw[0:2], 16), int(raw[2:4], 16), int(raw[4:6], 16)
+        except ValueError:
+            return 255, 255, 255
+
+    def _region_rgb(self, level: int, l0_xy: tuple[int, int], l_size: tuple[int, int]) -> Image.Image:
+        """A region as RGB on the slide's background, through the direct TIFF reader where it is exact."""
+        direct = self._direct_reader()
+        origin = direct.region_origin(level, l0_xy) if direct is not None else None
+        if origin is not None:
+            try:
+                return Image.fromarray(direct.read(level, origin, l_size))
+            except Exception as exc:  # noqa: BLE001 (an undecodable tile: OpenSlide reads it, or says why)
+                log.warning("%s: direct read at level %d failed, using OpenSlide (%s)", self.path, level, exc)
+        return _rgba_to_rgb(self._guard(self._osr.read_region, tuple(l0_xy), level, tuple(l_size)), self.background)
+
+    def _direct_reader(self) -> DirectTiffReader | None:
+        """The direct reader of this slide's tiled TIFF levels, built and checked on first use (or None)."""
+        if self._direct_tried:
+            return self._direct
+        with self._lock:
+            if not self._direct_tried:
+                reader = open_direct(self.read_path, self.level_dimensions, self.level_downsamples,
+                                     self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR, ""), self.background)
+                if reader is not None:
+                    self._check_direct(reader)
+                self._direct = reader if reader is not None and reader.levels else None
+                self._direct_tried = True
+        return self._direct
+
+    def _check_direct(self, reader: DirectTiffReader) -> None:
+        """Drop each level whose direct pixels differ from OpenSlide's on a sample region."""
+        for level in reader.levels:
+            w, h = self.level_dimensions[level]
+            size = (min(64, w), min(64, h))
+            l_xy = ((w - size[0]) // 2, (h - size[1]) // 2)
+            ds = round(self.level_downsamples[level])
+            try:
+                mine = np.asarray(reader.read(level, l_xy, size), dtype=np.int16)
+                ref = np.asarray(self.read_region((l_xy[0] * ds, l_xy[1] * ds), level, size), dtype=np.int16)
+                ok = float(np.abs(mine - ref).mean()) <= DIRECT_CHECK_TOLERANCE
+            except Exception as exc:  # noqa: BLE001
+                log.info("%s: level %d not read directly (%s)", self.path, level, exc)
+                ok = False
+            if not ok:
+                reader.drop_level(level)
+        if not reader.levels:
+            reader.close()
+
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         self._osr.close()
 
 
@@ -225,13 +300,17 @@ def image_id_for(path: str | Path) -> str:
     return path.stem
 
 
-def _rgba_to_rgb(img: Image.Image) -> Image.Image:
+def _rgba_to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """RGB on ``background``; an opaque image (the common case) is only converted, not composited."""
     if img.mode == "RGB":
         return img
     if img.mode != "RGBA":
         return img.convert("RGB")
-    bg = Image.new("RGB", img.size, (255, 255, 255))
-    bg.paste(img, mask=img.getchannel("A"))
+    alpha = img.getchannel("A")
+    if alpha.getextrema()[0] == 255:
+        return img.convert("RGB")
+    bg = Image.new("RGB", img.size, background)
+    bg.paste(img, mask=alpha)
     return bg
 
 
