@@ -12,7 +12,6 @@ import http.client
 import io
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,11 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from core.bench._util import percentiles, write_json
+from core.bench._util import REPO, free_port, percentiles, start_app, stop_app, wait_for_http, write_json
 from core.cohort import Cohort, default_cohort_path, load_cohort
 from core.errors import InputError
 
-REPO = Path(__file__).resolve().parents[2]
 TARGET_RATIO = 1.3
 TARGET_OVERLAY_P95_MS = 30.0
 
@@ -40,12 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--server", choices=("streamlit", "uvicorn"), default="streamlit")
     p.add_argument("--json", dest="out", help="also write the result here")
     p.set_defaults(func=run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _pick(args: argparse.Namespace) -> tuple[Path, str, str, tempfile.TemporaryDirectory | None]:
@@ -95,14 +87,12 @@ def _synthetic_cohort(slide_path: Path) -> tuple[Path, str, str, tempfile.Tempor
 
 
 def _start(server: str, toml: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "SLIDELENS_COHORT": str(toml)}
     if server == "streamlit":
-        cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-               "--server.headless", "true", "--browser.gatherUsageStats", "false"]
-    else:
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "core.bench.tiles:_bare_app", "--port", str(port),
-               "--log-level", "warning"]
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return start_app(toml, port)
+    cmd = [sys.executable, "-m", "uvicorn", "--factory", "core.bench.tiles:_bare_app", "--port", str(port),
+           "--log-level", "warning"]
+    return subprocess.Popen(cmd, cwd=REPO, env={**os.environ, "SLIDELENS_COHORT": str(toml)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _bare_app() -> Any:
@@ -168,20 +158,6 @@ def _slide_times(client: Any, slide_path: Path, image_id: str,
 _SERVER_MS: list[float] = []  # the handler's own time of each request (Server-Timing), for the split
 
 
-def _wait_for(port: int, url: str, base: str) -> None:
-    for _ in range(240):
-        try:
-            probe = _Client(port)
-            status = probe.get(url)[0]
-            probe.close()
-            if status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.25)
-    raise InputError(f"the app did not serve {url} on {base}")
-
-
 class _Client:
     """A keep-alive HTTP/1.1 client on the standard library's ``http.client``: one connection, like a browser's,
     and about 0.3 ms less Python per request than httpx, so the figure is the server's, not the client's."""
@@ -231,12 +207,11 @@ def run(args: argparse.Namespace) -> int:
     slide_path = cohort.slide_path(image_id)
     dz = open_slide(slide_path).deepzoom()
     tiles = _tile_list(dz, args.tiles)
-    port = _free_port()
+    port = free_port()
     proc = _start(args.server, toml, port)
-    base = f"http://127.0.0.1:{port}"
     client = _Client(port)
     try:
-        _wait_for(port, f"/tiles/{image_id}.dzi", base)
+        wait_for_http(port, f"/tiles/{image_id}.dzi")
         client.get(f"/tiles/{image_id}_files/0/0_0.jpeg")  # open the slide: not part of a tile's latency
         steps = tqdm(total=4, desc="bench tiles", disable=not sys.stderr.isatty())
         _SERVER_MS.clear()
@@ -257,11 +232,7 @@ def run(args: argparse.Namespace) -> int:
         steps.close()
     finally:
         client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_app(proc)
         if tmp is not None:
             tmp.cleanup()
     raw_s, http_s = percentiles(raw), percentiles(http)
