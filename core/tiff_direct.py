@@ -2,19 +2,15 @@
 
 OpenSlide's ``read_region`` paints every pixel through cairo, which costs about 11 ns a pixel even when its tile
 cache is warm (0.75 ms for one 256-px Deep Zoom tile on this machine, against 0.13 ms to decode the JPEG tile
-itself). For slides whose OpenSlide levels are plain tiled TIFF pages (OpenSlide's ``generic-tiff`` and ``aperio``
-vendors, which include the pyramids SlideLens writes for PNG/JPEG images), this module reads the compressed tiles
-with ``os.pread``, decodes them with tifffile/imagecodecs, keeps decoded tiles in a process-wide LRU and copies the
-region out of them.
+itself), and about four times that where a region starts between pixels of its level, which it resamples
+bilinearly. For slides whose OpenSlide levels are plain tiled TIFF pages (OpenSlide's ``generic-tiff`` and
+``aperio`` vendors, which include the pyramids SlideLens writes for PNG/JPEG images), this module reads the
+compressed tiles with ``os.pread``, decodes them with tifffile/imagecodecs, keeps decoded tiles in a process-wide
+LRU and copies regions out of them. ``core.slides`` turns those regions into Deep Zoom tiles.
 
-It is used only where it gives OpenSlide's pixels exactly:
-
-- a region whose top-left falls on a whole pixel of its level (always at level 0; at other levels only when the
-  level's downsample is an integer). OpenSlide resamples fractional offsets bilinearly, so those regions, and every
-  other format, still go through OpenSlide;
-- a level that passed a check when the slide was first read this way: one region read both ways must match.
-
-Every failure (a missing page, an undecodable tile) makes the caller fall back to OpenSlide.
+A level is served only after a check at first use: a region read both ways must match OpenSlide's pixels (exactly
+where both read whole pixels; in 8-px block means on levels whose downsample is fractional). Every failure (an
+unknown layout, an undecodable tile) makes the caller fall back to OpenSlide.
 """
 
 from __future__ import annotations
@@ -46,7 +42,7 @@ class _Level:
     tile_w: int
     tile_h: int
     tiles_across: int
-    downsample: int  # whole-number downsample of this level (1 at level 0)
+    downsample: tuple[float, float]  # level-0 pixels per level pixel, (x, y): see ``_true_downsample``
 
 
 class _DecodedTiles:
@@ -113,27 +109,31 @@ class DirectTiffReader:
         """OpenSlide levels this reader serves."""
         return sorted(self._levels)
 
-    def region_origin(self, level: int, l0_xy: tuple[int, int]) -> tuple[int, int] | None:
-        """The level pixel at level-0 point ``l0_xy``, or None when this reader does not serve it exactly."""
-        lv = self._levels.get(level)
-        if lv is None or l0_xy[0] % lv.downsample or l0_xy[1] % lv.downsample:
-            return None
-        return l0_xy[0] // lv.downsample, l0_xy[1] // lv.downsample
+    def downsample(self, level: int) -> tuple[float, float]:
+        """Level-0 pixels per pixel of ``level`` along x and y."""
+        return self._levels[level].downsample
 
     def read(self, level: int, l_xy: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-        """The ``size`` (w, h) region at level pixel ``l_xy`` as an (h, w, 3) uint8 array (inside the level)."""
+        """The ``size`` (w, h) region at level pixel ``l_xy`` as an (h, w, 3) uint8 array; what lies outside the
+        level is background (glass)."""
         lv = self._levels[level]
         x0, y0 = l_xy
         w, h = size
-        if x0 < 0 or y0 < 0 or w <= 0 or h <= 0 or x0 + w > lv.width or y0 + h > lv.height:
-            raise ValueError(f"region {l_xy}+{size} outside level {level} ({lv.width}x{lv.height})")
+        if w <= 0 or h <= 0:
+            raise ValueError(f"empty region {size}")
         out = np.empty((h, w, 3), dtype=np.uint8)
-        for ty in range(y0 // lv.tile_h, (y0 + h - 1) // lv.tile_h + 1):
-            for tx in range(x0 // lv.tile_w, (x0 + w - 1) // lv.tile_w + 1):
+        ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + w, lv.width), min(y0 + h, lv.height)
+        if ix0 >= ix1 or iy0 >= iy1:
+            out[:] = self._background
+            return out
+        if (ix0, iy0, ix1, iy1) != (x0, y0, x0 + w, y0 + h):
+            out[:] = self._background
+        for ty in range(iy0 // lv.tile_h, (iy1 - 1) // lv.tile_h + 1):
+            for tx in range(ix0 // lv.tile_w, (ix1 - 1) // lv.tile_w + 1):
                 tile = self._tile(level, lv, ty * lv.tiles_across + tx)
                 tile_x, tile_y = tx * lv.tile_w, ty * lv.tile_h
-                sx0, sy0 = max(x0, tile_x), max(y0, tile_y)
-                sx1, sy1 = min(x0 + w, tile_x + lv.tile_w), min(y0 + h, tile_y + lv.tile_h)
+                sx0, sy0 = max(ix0, tile_x), max(iy0, tile_y)
+                sx1, sy1 = min(ix1, tile_x + lv.tile_w), min(iy1, tile_y + lv.tile_h)
                 out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = tile[sy0 - tile_y:sy1 - tile_y, sx0 - tile_x:sx1 - tile_x]
         self.reads += 1
         return out
@@ -171,7 +171,7 @@ def open_direct(path: Path, level_dimensions: tuple[tuple[int, int], ...], level
     """A direct reader for the levels of ``path`` that are whole tiled 8-bit RGB TIFF pages, or None.
 
     Only OpenSlide vendors whose levels are exactly such pages qualify (``DIRECT_VENDORS``); a level qualifies when
-    one page has its exact size and its downsample is a whole number.
+    exactly one such page has its size. The caller checks the pixels before use.
     """
     if vendor not in DIRECT_VENDORS:
         return None
@@ -206,10 +206,20 @@ def _match_levels(tiff: Any, dims: tuple[tuple[int, int], ...], downsamples: tup
     levels: dict[int, _Level] = {}
     for level, ((w, h), ds) in enumerate(zip(dims, downsamples, strict=True)):
         pages = by_size.get((w, h), [])
-        whole = round(ds)
-        if len(pages) != 1 or abs(ds - whole) > 1e-9 or whole < 1:
+        if len(pages) != 1 or not ds >= 1:
             continue
         page = pages[0]
         levels[level] = _Level(page=page, width=w, height=h, tile_w=page.tilewidth, tile_h=page.tilelength,
-                               tiles_across=-(-w // page.tilewidth), downsample=whole)
+                               tiles_across=-(-w // page.tilewidth), downsample=_true_downsample(dims[0], (w, h)))
     return levels
+
+
+def _true_downsample(level0: tuple[int, int], size: tuple[int, int]) -> tuple[float, float]:
+    """Level-0 pixels per level pixel. A level made by shrinking level 0 k times (its size rounded either way, as
+    every pyramid writer does) has a downsample of exactly k; OpenSlide reports the mean of the two size ratios
+    instead (1.9985 for 1501 -> 751), which puts far pixels up to half a pixel off. Other levels: the size ratios."""
+    (w0, h0), (w, h) = level0, size
+    k = round(w0 / w)
+    if k >= 1 and w in (w0 // k, -(-w0 // k)) and h in (h0 // k, -(-h0 // k)):
+        return float(k), float(k)
+    return w0 / w, h0 / h
