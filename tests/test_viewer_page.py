@@ -101,3 +101,50 @@ def test_slide_without_attention_and_broken_slide(app):
     assert not app.exception
     assert len(app.error) == 1 and "broken.svs" in app.error[0].value
     assert app.selectbox(key="viewer_slide").value == "broken"  # the rest of the page still works
+
+
+def test_compute_attention_button_extracts_features_and_shows_the_overlay(tmp_path, monkeypatch):
+    """A slide without features: the button extracts them with the model's backbone (efficientnet_lite0, its
+    packaged weights, on the CPU), runs the model, and the page comes back with the overlay and the gallery."""
+    import pandas as pd
+    from _viewer_data import write_pyramid
+
+    from core.features import FeatureBag, write_features
+    from core.train import train_model
+
+    # the model: trained on stand-in features of the backbone's name and width (training is not under test here)
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in range(8):
+        x = rng.normal(0, 1, (12, 1280)).astype(np.float32)
+        x[:4, k % 2] += 3.0
+        coords = np.stack([np.arange(12) * 256, np.zeros(12)], axis=1).astype(np.int64)
+        write_features(tmp_path / "train_features" / f"t{k}.h5",
+                       FeatureBag(x, coords, patch_size_level0=256, mpp=0.5, backbone="efficientnet_lite0"))
+        rows.append({"image_id": f"t{k}", "label": ["benign", "tumor"][k % 2]})
+    pd.DataFrame(rows).to_csv(tmp_path / "train_labels.csv", index=False)
+    train_model(tmp_path / "train_features", tmp_path / "train_labels.csv", model="abmil",
+                out_dir=tmp_path / "models", folds=2, epochs=2, seed=0)
+    # the cohort: one slide, no features yet
+    (tmp_path / "slides").mkdir()
+    write_pyramid(tmp_path / "slides" / "fresh.tiff", 900, 700, seed=7)
+    (tmp_path / "labels.csv").write_text("image_id,label\nfresh,tumor\n")
+    (tmp_path / "cohort.toml").write_text('name = "computetest"\nslides = ["slides"]\nlabels = "labels.csv"\n'
+                                          'patch_size = 128\ntarget_mpp = 0.5\nmin_tissue = 0.1\n'
+                                          'database = "sqlite:///slidelens.db"\n')
+    monkeypatch.setenv("SLIDELENS_COHORT", str(tmp_path / "cohort.toml"))
+    tiles.unregister_all()
+    app = AppTest.from_file(PAGE, default_timeout=180)
+    app.query_params["slide"] = "fresh"
+    app.run()
+    assert not app.exception and not app.error
+    assert not [s for s in app.selectbox if s.key == "viewer_cls"]
+    app.button(key="viewer_compute").click().run()
+    assert not app.exception and not app.error, [e.value for e in app.error]
+    assert (tmp_path / "features" / "fresh.h5").is_file()
+    att, coords, _, _ = read_attention(tmp_path / "results" / "v001-abmil" / "attention" / "fresh.h5")
+    assert len(att) == len(coords) > 0
+    assert [s for s in app.selectbox if s.key == "viewer_cmap"]  # the overlay controls are back
+    assert not [b for b in app.button if b.key == "viewer_compute"]
+    assert [b for b in app.button if b.key.startswith("viewer_goto_Most")]  # the gallery of attended patches
+    tiles.unregister_all()
