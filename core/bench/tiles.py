@@ -1,9 +1,10 @@
 """``bench tiles``: slide and overlay tile latency over HTTP from the running app, against raw OpenSlide.
 
 Starts ``streamlit run app.py`` (or uvicorn on the bare tile routes) on a free port, fetches each Deep Zoom tile of
-a slide once (cold, as a browser would) and times, in the same run, openslide's ``DeepZoomGenerator.get_tile`` plus
-JPEG encoding of the same tiles on a fresh handle. Targets: slide tile p50 within 1.3x of raw, overlay p95 < 30 ms.
-"""
+a slide once (cold, as a browser would; the most detailed levels first) over one keep-alive connection, and times,
+in the same run, openslide's ``DeepZoomGenerator.get_tile`` plus JPEG encoding of the same tiles on a fresh handle.
+Then the same for up to 60 tiles one and two levels coarser, and overlay tiles in two styles. Targets: slide tile
+p50 within 1.3x of raw, overlay p95 < 30 ms. ``direct_read_levels`` lists the levels ``core.tiff_direct`` serves."""
 
 from __future__ import annotations
 
