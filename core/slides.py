@@ -2,7 +2,8 @@
 
 Plain images (TMA cores, UBC-OCEAN's PNG exports) are converted once into a cached pyramidal tiled TIFF
 (see ``core.pyramid``) and then read through OpenSlide like any other slide, so regions, thumbnails and
-Deep Zoom tiles behave identically for every format. This is the only module that opens slides.
+Deep Zoom tiles behave identically for every format. This is the only module that opens slides; for Deep Zoom
+tiles of tiled TIFF levels it reads the TIFF tiles itself through ``core.tiff_direct`` (checked against OpenSlide).
 
 Coordinate planes follow openslide's naming: ``l0_`` level-0 pixels, ``l_`` pixels of a given level.
 """
@@ -236,8 +237,10 @@ class Slide:
                         overlap: int) -> Image.Image | None:
         """The tile from the direct TIFF reader, or None where it does not serve the level OpenSlide would read."""
         direct = self._direct_reader()
-        level = self.best_level_for_downsample(dz_downsample)
-        if direct is None or level not in direct.levels:
+        if direct is None:
+            return None
+        level = self.best_level_for_downsample(dz_downsample)  # the level openslide's generator would read
+        if level not in direct.levels:
             return None
         ds_x, ds_y = direct.downsample(level)
         sx, sy = dz_downsample / ds_x, dz_downsample / ds_y  # level pixels per Deep Zoom pixel
