@@ -12,10 +12,10 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from core.bench.viewer import CHROMIUM_ARGS  # one set of browser flags for the tests and the benchmark
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
 
 
 def free_port() -> int:
