@@ -15,7 +15,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import overlay
 from core.cohort import Cohort
 from core.errors import SlideLensError
 from core.models import versions_with_predictions
@@ -121,19 +120,14 @@ def _slide_to_url() -> None:
     st.query_params["slide"] = st.session_state["viewer_slide"]
 
 
-def overlay_controls(classes: list[str], n_heads: int) -> OverlayStyle:
-    """Colour map, rescaling, class and top fraction for the overlay."""
-    cols = st.columns(4)
-    cls = 0
-    if n_heads > 1:
-        names = classes if len(classes) == n_heads else [str(i) for i in range(n_heads)]
-        cls = cols[0].selectbox("Attention for class", range(n_heads), format_func=lambda i: names[i],
-                                key="viewer_cls")
-    cmap = cols[1].selectbox("Colour map", overlay.COLORMAPS, key="viewer_cmap")
-    scale = cols[2].selectbox("Rescale", overlay.RESCALE_METHODS, key="viewer_scale",
-                              help="percentile: clip to the 1st..99th percentile; rank: uniform by rank")
-    top = cols[3].slider("Show top fraction", 0.01, 1.0, 1.0, 0.01, key="viewer_top")
-    return OverlayStyle(int(cls), cmap, scale, float(top))
+def class_selector(classes: list[str], n_heads: int) -> int:
+    """The attention column shown (models with per-class attention); colour map, rescaling and top fraction are
+    controls of the viewer itself, so changing them redraws the overlay without a rerun of the page."""
+    if n_heads <= 1:
+        return 0
+    names = classes if len(classes) == n_heads else [str(i) for i in range(n_heads)]
+    return int(st.columns([1, 2])[0].selectbox("Attention for class", range(n_heads), format_func=lambda i: names[i],
+                                               key="viewer_cls"))
 
 
 def slide_facts(cohort: Cohort, row: pd.Series | None, meta: dict[str, Any], slide: Any | None) -> None:
@@ -263,9 +257,9 @@ def main() -> None:
         if slide is not None:
             ov = None
             if layer is not None:
-                style = overlay_controls(layer.classes, layer.n_heads)
+                style = OverlayStyle(cls=class_selector(layer.classes, layer.n_heads))
                 stamp = attention_path(cohort, version, image_id).stat().st_mtime_ns
-                ov = overlay_data(version, image_id, cohort.name, style, stamp)
+                ov = overlay_data(version, image_id, cohort.name, style.cls, stamp)
             goto = st.session_state.get("viewer_goto")
             goto = goto if goto and goto.get("image_id") == image_id else None
             viewport = slide_viewer(slide_data(slide, image_id, cohort.name), ov, goto, key="viewer_osd")

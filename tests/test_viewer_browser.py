@@ -92,6 +92,23 @@ def test_viewer_end_to_end(app_url, page):
     page.click(f"{ROOT} .slv-ov-toggle")
     page.wait_for_function(f"() => document.querySelector('{ROOT}').dataset.overlay === 'on'")
 
+    # colour map, rescaling and top fraction are the viewer's own: the overlay is redrawn without a rerun
+    runs = state(page)["runs"]
+    legend = page.eval_on_selector(f"{ROOT} .slv-legend-bar", "e => e.style.background")
+    page.select_option(f"{ROOT} .slv-cmap", "viridis")
+    page.wait_for_function(f"() => document.querySelector('{ROOT}').dataset.overlayQuery.includes('cmap=viridis')")
+    page.select_option(f"{ROOT} .slv-rescale", "rank")
+    page.locator(f"{ROOT} .slv-top").fill("0.2")
+    page.wait_for_function(f"() => document.querySelector('{ROOT}').dataset.overlayQuery.includes('top=0.2')")
+    page.wait_for_function("() => window.__slidelensViewer.world.getItemCount() === 2"
+                           " && window.__slidelensViewer.world.getItemAt(1).getFullyLoaded()", timeout=20_000)
+    restyled = [u for s, u in page.tiles if s == 200 and "cmap=viridis" in u and "scale=rank" in u and "top=0.2" in u]
+    assert restyled, "no overlay tile was fetched in the new style"
+    assert state(page)["runs"] == runs, "restyling the overlay reran the page"
+    new_legend = page.eval_on_selector(f"{ROOT} .slv-legend-bar", "e => e.style.background")
+    assert legend.startswith("linear-gradient") and new_legend.startswith("linear-gradient") and new_legend != legend
+    page.screenshot(path=str(ARTIFACTS / "viewer-restyled.png"))
+
     # hovering over tissue shows the raw attention of the patch under the cursor
     box = page.locator(f"{ROOT} .slv-osd").bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)

@@ -8,6 +8,7 @@ from urllib.parse import quote
 
 import streamlit as st
 
+from core import overlay
 from core.slides import DZ_OVERLAP, DZ_TILE_SIZE, Slide
 from core.tiles import OverlayStyle
 
@@ -32,11 +33,26 @@ def slide_data(slide: Slide, image_id: str, cohort_name: str) -> dict[str, Any]:
             "tiles_url": f"/tiles/{quote(image_id)}_files/", "query": f"?cohort={quote(cohort_name)}"}
 
 
-def overlay_data(version: str, image_id: str, cohort_name: str, style: OverlayStyle, stamp: int = 0) -> dict[str, Any]:
-    """Overlay tile URLs for a (model version, slide) drawn in ``style``; ``stamp`` busts browser caches."""
+def overlay_data(version: str, image_id: str, cohort_name: str, cls: int = 0, stamp: int = 0) -> dict[str, Any]:
+    """Overlay tile URLs for a (model version, slide) and attention column ``cls``; ``stamp`` busts browser caches.
+
+    Colour map, rescaling and top fraction are chosen in the viewer itself (no rerun of the page): it appends
+    ``cmap``, ``scale`` and ``top`` to ``query``. ``legends`` holds a CSS gradient per colour map.
+    """
     base = f"/tiles/attention/{quote(version)}/{quote(image_id)}"
     cq = f"cohort={quote(cohort_name)}"
-    return {"url": f"{base}_files/", "query": f"?{style.query()}&{cq}&t={stamp}", "at_url": f"{base}/at.json?{cq}"}
+    default = OverlayStyle()
+    return {"url": f"{base}_files/", "query": f"?cls={int(cls)}&{cq}&t={stamp}", "at_url": f"{base}/at.json?{cq}",
+            "cmaps": list(overlay.COLORMAPS), "scales": list(overlay.RESCALE_METHODS),
+            "default": {"cmap": default.cmap, "scale": default.scale, "top": default.top},
+            "legends": {name: _gradient(name) for name in overlay.COLORMAPS}}
+
+
+def _gradient(cmap: str, stops: int = 9) -> str:
+    lut = overlay.colormap_lut(cmap)
+    idx = [round(i * (len(lut) - 1) / (stops - 1)) for i in range(stops)]
+    colours = ", ".join("#" + "".join(f"{int(v):02x}" for v in lut[i][:3]) for i in idx)
+    return f"linear-gradient(to right, {colours})"
 
 
 def slide_viewer(slide: dict[str, Any], overlay: dict[str, Any] | None = None, goto: dict[str, Any] | None = None,

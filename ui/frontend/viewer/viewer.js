@@ -36,6 +36,12 @@ function build(root) {
     <div class="slv-bar">
       <label><input type="checkbox" class="slv-ov-toggle" checked> attention overlay</label>
       <label>opacity <input type="range" class="slv-ov-opacity" min="0" max="1" step="0.05" value="0.5"></label>
+      <label>colours <select class="slv-cmap"></select></label>
+      <label title="percentile: clip to the 1st..99th percentile; rank: uniform by rank; minmax: raw range">rescale
+        <select class="slv-rescale"></select></label>
+      <label title="show only the most attended fraction of patches">top
+        <input type="range" class="slv-top" min="0.01" max="1" step="0.01" value="1"><span class="slv-top-v">100%</span></label>
+      <label class="slv-legend" title="low attention to high attention"><span>low</span><span class="slv-legend-bar"></span><span>high</span></label>
       <span class="slv-mag"></span><span class="slv-hover"></span>
     </div>
     <div class="slv-osd"><div class="slv-scale"><div class="slv-scale-bar"></div><span></span></div>
@@ -78,21 +84,48 @@ function overlayOpacity(st) {
   return on ? parseFloat(st.root.querySelector(".slv-ov-opacity").value) : 0;
 }
 
+// colour map, rescaling and top fraction live here, not in Streamlit: a change only swaps the overlay's tiles
+function fillStyleControls(st, ov) {
+  const fill = (sel, values, value) => {
+    if (sel.options.length === values.length) return;
+    sel.innerHTML = values.map((v) => `<option value="${v}">${v}</option>`).join("");
+    sel.value = value;
+  };
+  fill(st.root.querySelector(".slv-cmap"), ov.cmaps, ov.default.cmap);
+  fill(st.root.querySelector(".slv-rescale"), ov.scales, ov.default.scale);
+}
+
+function overlayStyle(st) {
+  const top = parseFloat(st.root.querySelector(".slv-top").value);
+  return { cmap: st.root.querySelector(".slv-cmap").value, scale: st.root.querySelector(".slv-rescale").value, top };
+}
+
 function setOverlay(st) {
   const d = st.data;
-  const key = d.overlay ? d.overlay.url + d.overlay.query : null;
   st.root.querySelector(".slv-bar").classList.toggle("slv-no-overlay", !d.overlay);
+  if (d.overlay) fillStyleControls(st, d.overlay);
+  const s = d.overlay ? overlayStyle(st) : null;
+  const query = d.overlay ? `${d.overlay.query}&cmap=${s.cmap}&scale=${s.scale}&top=${s.top}` : null;
+  const key = d.overlay ? d.overlay.url + query : null;
+  if (s) {
+    st.root.querySelector(".slv-top-v").textContent = `${Math.round(s.top * 100)}%`;
+    st.root.querySelector(".slv-legend-bar").style.background = d.overlay.legends[s.cmap] || "";
+  }
   if (key === st.overlayKey) return;
   st.overlayKey = key;
-  if (st.overlayItem) {
-    st.viewer.world.removeItem(st.overlayItem);
+  st.root.dataset.overlayQuery = query || "";
+  const old = st.overlayItem;
+  if (!d.overlay) {
+    if (old) st.viewer.world.removeItem(old);
     st.overlayItem = null;
+    return;
   }
-  if (!d.overlay) return;
+  // the new layer goes on top of the old one, which is removed once the new one is in: no blank flash
   st.viewer.addTiledImage({
-    tileSource: tileSource(d, d.overlay.url, d.overlay.query), index: 1, opacity: overlayOpacity(st),
+    tileSource: tileSource(d, d.overlay.url, query), index: st.viewer.world.getItemCount(), opacity: overlayOpacity(st),
     success: (e) => {
       if (st.overlayKey !== key) { st.viewer.world.removeItem(e.item); return; }
+      if (st.overlayItem && st.overlayItem !== e.item) st.viewer.world.removeItem(st.overlayItem);
       st.overlayItem = e.item;
       st.root.dataset.overlay = overlayOpacity(st) > 0 ? "on" : "off";
     },
@@ -165,6 +198,14 @@ function create(st, OSD, setStateValue) {
   };
   toggle.addEventListener("change", apply);
   slider.addEventListener("input", apply);
+  for (const sel of [".slv-cmap", ".slv-rescale"]) st.root.querySelector(sel).addEventListener("change", () => setOverlay(st));
+  const top = st.root.querySelector(".slv-top");
+  let topTimer = null; // redraw once the slider rests, not for every step it passes
+  top.addEventListener("input", () => {
+    st.root.querySelector(".slv-top-v").textContent = `${Math.round(parseFloat(top.value) * 100)}%`;
+    clearTimeout(topTimer);
+    topTimer = setTimeout(() => setOverlay(st), 200);
+  });
   // hover (debounced) and click show the raw attention of the patch under the cursor
   let hoverTimer = null;
   const hover = st.root.querySelector(".slv-hover");
@@ -196,6 +237,7 @@ export default function (component) {
   }
   const st = root.__slv || build(root);
   st.data = data;
+  st.root.dataset.runs = String(+(st.root.dataset.runs || 0) + 1); // script runs seen (tests: no rerun on restyle)
   st.osd.style.height = `${data.view_height || 600}px`;
   loadOsd().then((OSD) => {
     if (!st.viewer) create(st, OSD, setStateValue);
