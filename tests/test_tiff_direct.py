@@ -97,6 +97,7 @@ def test_tiles_put_every_pixel_where_deep_zoom_geometry_says(lines_slide: Path) 
             idx = np.arange(lo, hi)
             measured = (darkness[lo:hi] * idx).sum() / darkness[lo:hi].sum() + start
             assert measured == pytest.approx(centre, abs=0.05), (k, x)
+    assert slide._direct is not None and slide._direct.levels == [0, 1, 2]  # deflate tiles, read directly
 
 
 def test_true_downsample_of_shrunk_levels() -> None:
