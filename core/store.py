@@ -38,6 +38,8 @@ from core.store_types import (  # noqa: F401 - re-exported: the store's public t
     safe_url,
 )
 
+IMPORT_ATTEMPTS = 3  # a concurrent first import is retried: the retry sees the other's rows and skips them
+
 
 class Store:
     """The review database behind one SQLAlchemy engine (thread-safe; one per process is enough)."""
@@ -104,6 +106,18 @@ class Store:
                         r[flag] = True
                 if str(rec.get("note", "") or "").strip():
                     r["note"] = str(rec["note"])[:MAX_NOTE]
+        for attempt in range(IMPORT_ATTEMPTS):
+            try:
+                return self._import_rows(rows, labels_table, reviewer)
+            except IntegrityError as exc:  # another process imported some of these slides at the same moment
+                if attempt == IMPORT_ATTEMPTS - 1:
+                    raise ConflictError("another process kept importing the same slides at the same moment; "
+                                        "nothing was imported by this one: try again") from exc
+        raise AssertionError("unreachable")
+
+    def _import_rows(self, rows: dict[str, dict[str, Any]], labels_table: LabelTable | None,
+                     reviewer: str) -> SyncReport:
+        """One all-or-nothing import transaction (``IntegrityError`` when a concurrent import won a row)."""
         at = now_iso()
         added = labelled = 0
         differing: list[str] = []
