@@ -136,3 +136,39 @@ def test_panel_as_the_viewer_calls_it(monkeypatch: pytest.MonkeyPatch, tmp_path:
     state = open_cohort_store(load_cohort(toml)).state("s03")
     assert state.second_opinion and state.updated_by == "vera"
     assert _button(at, "Clear 2nd opinion") is not None
+
+
+def test_retrain_button_trains_a_new_version_in_the_background(monkeypatch: pytest.MonkeyPatch,
+                                                                tmp_path: Path) -> None:
+    """The button exports the reviewed labels, trains in a background thread with progress shown, then reports and
+    registers the new version (features are stand-ins of the right shape: the training itself is tested elsewhere)."""
+    import time
+
+    import numpy as np
+    from _review_data import SLIDES
+
+    from core.features import FeatureBag, write_features
+
+    toml = make_review_cohort(tmp_path / "c")
+    rng = np.random.default_rng(0)
+    for image_id, (label, *_rest) in SLIDES.items():
+        x = rng.normal(0, 1, (10, 8)).astype(np.float32)
+        x[:3, 0 if label == "normal" else 1] += 3.0
+        coords = np.stack([np.arange(10) * 64, np.zeros(10)], axis=1).astype(np.int64)
+        write_features(toml.parent / "features" / f"{image_id}.h5",
+                       FeatureBag(x, coords, patch_size_level0=64, mpp=0.5, backbone="test"))
+    at = _run(monkeypatch, toml)
+    _button(at, "Retrain on the reviewed labels").click().run()
+    assert not at.exception
+    deadline = time.time() + 120
+    while not any("New model version" in s.value for s in at.success) and time.time() < deadline:
+        assert not at.error, [e.value for e in at.error]
+        time.sleep(1.0)
+        at.run()
+    message = next(s.value for s in at.success if "New model version" in s.value)
+    version = message.split("New model version ")[1].split()[0]
+    assert version == "v002-abmil" and (toml.parent / "models" / version / "model.json").is_file()
+    assert (toml.parent / "labels_reviewed.csv").is_file()  # what it trained on, exported first
+    store = open_cohort_store(load_cohort(toml))
+    assert version in [v["version"] for v in store.model_versions()]
+    assert not store.predictions(version).empty  # its out-of-fold predictions, recorded for the comparison
