@@ -8,7 +8,7 @@ got there first. The label state is a cache of the audit log: ``derive_state_fro
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -155,46 +155,57 @@ class Store:
     def edit(self, image_id: str, changes: Mapping[str, Any], reviewer: str | None, reason: str,
              based_on_version: int, model_version: str | None = None) -> SlideState:
         """Apply several field changes atomically (one audit row each); refused if the slide moved past the version."""
+        return self.edit_many([(image_id, changes, based_on_version)], reviewer, reason, model_version)[0]
+
+    def edit_many(self, edits: Sequence[tuple[str, Mapping[str, Any], int]], reviewer: str | None, reason: str,
+                  model_version: str | None = None) -> list[SlideState]:
+        """Edits of several slides, ``(image_id, changes, based_on_version)`` each, in one transaction: all are
+        saved or none is (a slide that moved past its version refuses the whole batch with ``ConflictError``)."""
         who = _reviewer(reviewer)
-        bad = [f for f in changes if f not in FIELDS]
-        if bad:
-            raise InputError(f"unknown field(s) {', '.join(bad)} (known: {', '.join(FIELDS)})")
-        if "label" in changes:
-            self._check_label(changes["label"])
-        if "note" in changes and len(str(changes["note"] or "")) > MAX_NOTE:
-            raise InputError(f"note is longer than {MAX_NOTE} characters")
+        for _image_id, changes, _version in edits:
+            bad = [f for f in changes if f not in FIELDS]
+            if bad:
+                raise InputError(f"unknown field(s) {', '.join(bad)} (known: {', '.join(FIELDS)})")
+            if "label" in changes:
+                self._check_label(changes["label"])
+            if "note" in changes and len(str(changes["note"] or "")) > MAX_NOTE:
+                raise InputError(f"note is longer than {MAX_NOTE} characters")
         reason = " ".join(str(reason or "").split())
         at = now_iso()
         with self._write() as conn:
-            cur = _state(conn, image_id)
-            if cur is None:
-                raise InputError(f"slide {image_id!r} is not in the review database")
-            if cur.version != int(based_on_version):
-                raise ConflictError(self._conflict_message(conn, cur, int(based_on_version)))
-            version = cur.version
-            values: dict[str, Any] = {}
-            audit = []
-            for f, new in changes.items():
-                new = str(new or "") if f == "note" else (bool(new) if f in FLAGS else new)
-                version += 1
-                audit.append(dict(image_id=image_id, field=f, old_value=_enc(f, getattr(cur, f)),
-                                  new_value=_enc(f, new), reviewer=who, changed_at=at, reason=reason,
-                                  model_version=model_version, state_version=version))
-                values[_COLUMN[f]] = new
-            if not audit:
-                return cur
-            res = conn.execute(update(S.label_state)
-                               .where(S.label_state.c.image_id == image_id, S.label_state.c.version == cur.version)
-                               .values(**values, version=version, updated_at=at, updated_by=who))
-            if res.rowcount != 1:  # another writer slipped in between (PostgreSQL read committed)
-                raise ConflictError(self._conflict_message(conn, _state(conn, image_id) or cur,
-                                                           int(based_on_version)))
-            try:
-                conn.execute(insert(S.audit_log), audit)
-            except IntegrityError as exc:
-                raise ConflictError(f"slide {image_id!r} was changed by someone else at the same moment; "
-                                    "reload and try again") from exc
-            return _state(conn, image_id) or cur
+            return [self._edit_in(conn, image_id, changes, int(based_on), who, reason, model_version, at)
+                    for image_id, changes, based_on in edits]
+
+    def _edit_in(self, conn: Connection, image_id: str, changes: Mapping[str, Any], based_on_version: int,
+                 who: str, reason: str, model_version: str | None, at: str) -> SlideState:
+        cur = _state(conn, image_id)
+        if cur is None:
+            raise InputError(f"slide {image_id!r} is not in the review database")
+        if cur.version != based_on_version:
+            raise ConflictError(self._conflict_message(conn, cur, based_on_version))
+        version = cur.version
+        values: dict[str, Any] = {}
+        audit = []
+        for f, new in changes.items():
+            new = str(new or "") if f == "note" else (bool(new) if f in FLAGS else new)
+            version += 1
+            audit.append(dict(image_id=image_id, field=f, old_value=_enc(f, getattr(cur, f)),
+                              new_value=_enc(f, new), reviewer=who, changed_at=at, reason=reason,
+                              model_version=model_version, state_version=version))
+            values[_COLUMN[f]] = new
+        if not audit:
+            return cur
+        res = conn.execute(update(S.label_state)
+                           .where(S.label_state.c.image_id == image_id, S.label_state.c.version == cur.version)
+                           .values(**values, version=version, updated_at=at, updated_by=who))
+        if res.rowcount != 1:  # another writer slipped in between (PostgreSQL read committed)
+            raise ConflictError(self._conflict_message(conn, _state(conn, image_id) or cur, based_on_version))
+        try:
+            conn.execute(insert(S.audit_log), audit)
+        except IntegrityError as exc:
+            raise ConflictError(f"slide {image_id!r} was changed by someone else at the same moment; "
+                                "reload and try again") from exc
+        return _state(conn, image_id) or cur
 
     def set_label(self, image_id: str, new_label: str, reviewer: str | None, reason: str, based_on_version: int,
                   model_version: str | None = None) -> SlideState:

@@ -180,6 +180,20 @@ def test_threads_retrying_lose_no_update(store: Store) -> None:
     assert store.derive_state_from_audit()["s2"] == final
 
 
+def test_a_batch_of_edits_is_saved_whole_or_not_at_all(store: Store) -> None:
+    v1, v2, v3 = (store.state(i).version for i in ("s1", "s2", "s3"))
+    store.set_label("s2", "normal", "bob", "meanwhile", v2)  # s2 moves on after the batch was prepared
+    before = (store.states(), len(store.history()))
+    with pytest.raises(ConflictError, match="s2"):
+        store.edit_many([("s1", {"label": "tumor"}, v1), ("s2", {"label": "tumor"}, v2),
+                         ("s3", {"outlier": True}, v3)], "ann", "batch")
+    assert (store.states(), len(store.history())) == before  # s1's edit, made first, was rolled back too
+    done = store.edit_many([("s1", {"label": "tumor"}, v1), ("s3", {"outlier": True}, v3)], "ann", "batch")
+    assert [d.version for d in done] == [v1 + 1, v3 + 1]
+    assert [r.reviewer for r in store.history("s1")][-1] == "ann"
+    assert store.derive_state_from_audit() == store.states()
+
+
 def _process_edit(url: str, who: str, label: str, base: int, barrier: object, out: object) -> None:
     st = open_store(url)
     barrier.wait()  # type: ignore[attr-defined]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tqdm import tqdm
-
 from core.cohort import default_cohort_path, load_cohort
 from core.errors import InputError
 from core.labels import read_labels
@@ -76,7 +74,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
             todo.append((cur, changes))
     if not args.reviewer.strip():
         raise InputError("--reviewer must not be empty")
-    for cur, changes in tqdm(todo, desc="apply", unit="slide", leave=False):
-        store.edit(cur.image_id, changes, args.reviewer, args.reason, cur.version)
+    # one transaction: if anyone changed one of these slides since they were read, nothing is applied
+    store.edit_many([(cur.image_id, changes, cur.version) for cur, changes in todo], args.reviewer, args.reason)
     print(f"{len(todo)} slide(s) changed, {len(table.df) - len(todo)} already as in {args.csv}")
     return 0
