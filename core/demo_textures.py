@@ -192,13 +192,21 @@ def clear_cells(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
     return h, e
 
 
+def round_structures(ctx: _Sheet, spacing_um: float, jitter: float, radius_um: tuple[float, float],
+                     wobble: float, wobble_um: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Round structures (glands, papillae, pools) on a jittered grid: their centres, radii and the normalised
+    distance field ``q`` (< 1 inside a structure), its outline wobbled by smooth noise."""
+    rng, n = ctx.rng, ctx.n
+    centres = jittered_points(rng, n, ctx.um(spacing_um), jitter)
+    radii = rng.uniform(ctx.um(radius_um[0]), ctx.um(radius_um[1]), len(centres))
+    q = nearest_field(n, centres, radii, step=max(1, int(2 * ctx.px)))
+    return centres, radii, q + wobble * smooth_noise(rng, n, ctx.um(wobble_um))
+
+
 def glands(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
     """EC: back-to-back round glands lined by stratified columnar nuclei around empty lumens."""
-    rng, n = ctx.rng, ctx.n
-    centres = jittered_points(rng, n, ctx.um(88), 0.25)
-    radii = rng.uniform(ctx.um(37), ctx.um(46), len(centres))
-    q = nearest_field(n, centres, radii, step=max(1, int(2 * ctx.px)))
-    q = q + 0.06 * smooth_noise(rng, n, ctx.um(14))
+    rng = ctx.rng
+    centres, radii, q = round_structures(ctx, 88, 0.25, (37, 46), 0.06, 14)
     epi = (q > 0.55) & (q < 1.0)
     lumen = q <= 0.55
     e = np.where(epi, 0.48, np.where(lumen, 0.04, 0.36)).astype(np.float32)
@@ -230,10 +238,7 @@ def solid_pleomorphic(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
 def papillae(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
     """LGSC: small round papillae of uniform small nuclei in clear spaces, with psammoma bodies."""
     rng, n = ctx.rng, ctx.n
-    centres = jittered_points(rng, n, ctx.um(56), 0.3)
-    radii = rng.uniform(ctx.um(17), ctx.um(24), len(centres))
-    q = nearest_field(n, centres, radii, step=max(1, int(2 * ctx.px)))
-    q = q + 0.07 * smooth_noise(rng, n, ctx.um(10))
+    _, _, q = round_structures(ctx, 56, 0.3, (17, 24), 0.07, 10)
     inside = q < 1.0
     core = q < 0.35
     e = np.where(core, 0.52, np.where(inside, 0.30, 0.03)).astype(np.float32)
@@ -251,10 +256,7 @@ def papillae(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
 def mucin_pools(ctx: _Sheet) -> tuple[np.ndarray, np.ndarray]:
     """MC: large pools of pale blue-grey mucin lined by tall columnar cells with basal nuclei."""
     rng, n = ctx.rng, ctx.n
-    centres = jittered_points(rng, n, ctx.um(128), 0.2)
-    radii = rng.uniform(ctx.um(50), ctx.um(64), len(centres))
-    q = nearest_field(n, centres, radii, step=max(1, int(2 * ctx.px)))
-    q = q + 0.04 * smooth_noise(rng, n, ctx.um(20))
+    centres, radii, q = round_structures(ctx, 128, 0.2, (50, 64), 0.04, 20)
     wisp = smooth_noise(rng, n, ctx.um(6), aspect=4, angle=rng.uniform(0, np.pi))
     pool = q < 0.86
     lining = (q >= 0.86) & (q < 1.0)
