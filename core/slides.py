@@ -270,6 +270,12 @@ class Slide:
             tile = tile.resize(tuple(z_size), Image.Resampling.LANCZOS, reducing_gap=2.0)
         return tile
 
+    @property
+    def direct_read_levels(self) -> list[int]:
+        """Levels whose Deep Zoom tiles are read straight from the TIFF (``core.tiff_direct``); [] for none."""
+        reader = self._direct_reader()
+        return reader.levels if reader is not None else []
+
     def _direct_reader(self) -> DirectTiffReader | None:
         """The direct reader of this slide's tiled TIFF levels, built and checked on first use (or None)."""
         if self._direct_tried:
@@ -280,8 +286,7 @@ class Slide:
                     vendor = self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "")
                 except openslide.OpenSlideError:  # the handle failed an earlier read
                     vendor = ""
-                reader = open_direct(self.read_path, self.level_dimensions, self.level_downsamples, vendor,
-                                     self.background)
+                reader = open_direct(self.read_path, self.level_dimensions, vendor, self.background)
                 if reader is not None:
                     self._check_direct(reader)
                 self._direct = reader if reader is not None and reader.levels else None

@@ -166,8 +166,8 @@ class DirectTiffReader:
         self._finalizer()
 
 
-def open_direct(path: Path, level_dimensions: tuple[tuple[int, int], ...], level_downsamples: tuple[float, ...],
-                vendor: str, background: tuple[int, int, int] = (255, 255, 255)) -> DirectTiffReader | None:
+def open_direct(path: Path, level_dimensions: tuple[tuple[int, int], ...], vendor: str,
+                background: tuple[int, int, int] = (255, 255, 255)) -> DirectTiffReader | None:
     """A direct reader for the levels of ``path`` that are whole tiled 8-bit RGB TIFF pages, or None.
 
     Only OpenSlide vendors whose levels are exactly such pages qualify (``DIRECT_VENDORS``); a level qualifies when
@@ -183,7 +183,7 @@ def open_direct(path: Path, level_dimensions: tuple[tuple[int, int], ...], level
         log.info("%s: no direct TIFF reads (%s)", path, exc)
         return None
     try:
-        levels = _match_levels(tiff, level_dimensions, level_downsamples)
+        levels = _match_levels(tiff, level_dimensions)
         if not levels:
             tiff.close()
             return None
@@ -194,7 +194,7 @@ def open_direct(path: Path, level_dimensions: tuple[tuple[int, int], ...], level
         return None
 
 
-def _match_levels(tiff: Any, dims: tuple[tuple[int, int], ...], downsamples: tuple[float, ...]) -> dict[int, _Level]:
+def _match_levels(tiff: Any, dims: tuple[tuple[int, int], ...]) -> dict[int, _Level]:
     by_size: dict[tuple[int, int], list[Any]] = {}
     for page in tiff.pages:
         if not getattr(page, "is_tiled", False) or page.dtype != np.uint8 or page.planarconfig != 1:
@@ -204,9 +204,9 @@ def _match_levels(tiff: Any, dims: tuple[tuple[int, int], ...], downsamples: tup
             continue
         by_size.setdefault((page.imagewidth, page.imagelength), []).append(page)
     levels: dict[int, _Level] = {}
-    for level, ((w, h), ds) in enumerate(zip(dims, downsamples, strict=True)):
+    for level, (w, h) in enumerate(dims):
         pages = by_size.get((w, h), [])
-        if len(pages) != 1 or not ds >= 1:
+        if len(pages) != 1:
             continue
         page = pages[0]
         levels[level] = _Level(page=page, width=w, height=h, tile_w=page.tilewidth, tile_h=page.tilelength,

@@ -108,8 +108,8 @@ def test_true_downsample_of_shrunk_levels() -> None:
 
 
 def test_formats_outside_the_tiff_vendors_are_not_read_directly() -> None:
-    assert open_direct(SVS, ((2220, 2967),), (1.0,), "dicom") is None
-    assert open_direct(Path(__file__), ((1, 1),), (1.0,), "generic-tiff") is None  # not a TIFF: None, no error
+    assert open_direct(SVS, ((2220, 2967),), "dicom") is None
+    assert open_direct(Path(__file__), ((1, 1),), "generic-tiff") is None  # not a TIFF: None, no error
 
 
 def test_a_level_whose_pixels_differ_from_openslide_is_dropped(tmp_path: Path, integer_pyramid: Path) -> None:

@@ -237,8 +237,7 @@ def run(args: argparse.Namespace) -> int:
         if tmp is not None:
             tmp.cleanup()
     raw_s, http_s = percentiles(raw), percentiles(http)
-    reader = open_slide(slide_path)._direct_reader()
-    direct_levels = reader.levels if reader is not None else []
+    direct_levels = open_slide(slide_path).direct_read_levels
     over_s = percentiles(over + over2)
     ratio = round(http_s["p50_ms"] / raw_s["p50_ms"], 3)
     result = {
