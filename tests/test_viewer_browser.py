@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
+from core.bench.viewer import ROOT, tiles_shown_js
 from core.tiles import read_attention
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -20,7 +21,6 @@ from _viewer_data import SAMPLE_SVS, add_sample_attention, build_cohort, write_p
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
-ROOT = ".slv-root"
 
 
 COHORT: dict[str, Path] = {}
@@ -56,10 +56,7 @@ def state(page: Page) -> dict:
 
 
 def wait_tiles(page: Page, image_id: str, timeout: float = 30_000) -> None:
-    page.wait_for_function(
-        f"""() => {{ const r = document.querySelector('{ROOT}');
-                    return r && r.dataset.imageId === '{image_id}' && +r.dataset.tilesLoaded > 0; }}""",
-        timeout=timeout)
+    page.wait_for_function(tiles_shown_js(image_id), timeout=timeout)
 
 
 def settle(page: Page, seconds: float = 1.5) -> None:

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _tiles_shown(image_id: str) -> str:
+def tiles_shown_js(image_id: str) -> str:
+    """A JavaScript predicate: the viewer shows ``image_id`` and has drawn at least one of its tiles."""
     return (f"() => {{ const r = document.querySelector('{ROOT}');"
             f" return r && r.dataset.imageId === '{image_id}' && +r.dataset.tilesLoaded > 0; }}")
 
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(f"http://127.0.0.1:{port}/viewer?slide={ids[0]}")
-            page.wait_for_function(_tiles_shown(ids[0]), timeout=120_000)
+            page.wait_for_function(tiles_shown_js(ids[0]), timeout=120_000)
             page.wait_for_timeout(1500)
             for image_id in tqdm(order, desc="bench viewer", disable=not sys.stderr.isatty()):
                 page.locator(".st-key-viewer_slide").click()
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
                 option.wait_for()
                 t0 = time.perf_counter()
                 option.click()
-                page.wait_for_function(_tiles_shown(image_id), timeout=60_000)
+                page.wait_for_function(tiles_shown_js(image_id), timeout=60_000)
                 total.append(time.perf_counter() - t0)
                 component.append(float(page.evaluate(f"() => document.querySelector('{ROOT}').dataset.firstTileMs"))
                                  / 1000)
