@@ -1,0 +1,14 @@
+"""User text (notes, reasons, reviewer names, slide ids, cohort and file names) shown as text, never as Markdown."""
+
+from __future__ import annotations
+
+import re
+
+# CommonMark lets a backslash escape any ASCII punctuation; Streamlit's own directives (:red[...], :material/x:,
+# $math$) are punctuation-led too, so escaping all of it shows the text exactly as typed.
+_PUNCT = re.compile(r"([!-/:-@\[-`{-~])")
+
+
+def md(text: object) -> str:
+    """``text`` escaped for ``st.markdown`` / ``st.success`` / ``st.caption`` and friends: it renders as typed."""
+    return _PUNCT.sub(r"\\\1", str(text)).replace("\n", "  \n")
