@@ -6,6 +6,8 @@ file as a module too, so the Streamlit body only runs inside a script run.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -23,11 +25,13 @@ from ui.firstrun_view import first_run_screen
 # that this app navigates with st.navigation.
 PagesManager.uses_pages_directory = False
 app = st.App("app.py", routes=tile_routes())
+FAVICON = Path(__file__).resolve().parent / "ui" / "static" / "favicon.png"
 
 
 def main() -> None:
     """First run (build the demo) if needed, the cohort chooser, then the navigation over the pages."""
-    st.set_page_config(page_title="SlideLens", layout="wide", page_icon=":material/biotech:")
+    # a local icon: a ":material/...:" page icon makes the browser fetch an SVG from a fonts server on every page
+    st.set_page_config(page_title="SlideLens", layout="wide", page_icon=str(FAVICON))
     path, demo = cohort_path(), demo_dir()
     if path.parent.resolve() == demo.resolve() and not demo_is_complete(demo):
         first_run_screen(demo)  # no demo yet, or a stage (features, model, predictions) is missing

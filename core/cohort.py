@@ -152,7 +152,23 @@ def load_cohort(path: str | Path) -> Cohort:
         data = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: invalid TOML ({exc})") from exc
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     return cohort_from_dict(data, path.parent, source=path)
+
+
+def checked_cohort_file(typed: str) -> Path:
+    """The cohort file a typed path names (a folder means its cohort.toml), opened once to prove it is a cohort;
+    ``InputError`` (one line naming the file) otherwise, so a bad path never replaces the working cohort."""
+    p = Path(typed.strip()).expanduser()
+    p = p / "cohort.toml" if p.is_dir() else p
+    if not p.is_file():
+        raise InputError(f"{p}: cohort file not found")
+    cohort = load_cohort(p)  # raises InputError naming the file: not TOML, not a cohort setting ...
+    if not any(Path(src).exists() for src in cohort.slide_sources):
+        raise InputError(f"{p}: not a cohort file (its slides, {', '.join(map(str, cohort.slide_sources))}, "
+                         "do not exist)")
+    return p
 
 
 def demo_dir() -> Path:

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.cohort import default_cohort_path, demo_dir
+from core.cohort import checked_cohort_file, default_cohort_path, demo_dir
+from core.errors import SlideLensError
 from ui.context import COHORT_KEY, cohort_path
+from ui.safe import md
 
 RECENT_KEY = "recent_cohorts"
 
@@ -53,10 +55,10 @@ def cohort_switcher() -> None:
             typed = st.text_input("cohort.toml path", key="cohort_path_input",
                                   placeholder="/path/to/study/cohort.toml")
             if st.form_submit_button("Open") and typed.strip():
-                p = Path(typed.strip()).expanduser()
-                p = p / "cohort.toml" if p.is_dir() else p
-                if not p.is_file():
-                    st.error(f"{p}: cohort file not found")
+                try:
+                    p = checked_cohort_file(typed)
+                except SlideLensError as exc:  # the current cohort stays open
+                    st.error(md(exc))
                 else:
                     st.session_state[COHORT_KEY] = str(p)
                     st.session_state.setdefault(RECENT_KEY, []).append(str(p))
