@@ -1,15 +1,17 @@
 """Patch features: the per-slide HDF5 file format (ours, CLAM's, TRIDENT's) and batched extraction.
 
-A features file is ``<image_id>.h5`` with datasets ``features`` (N x D float32) and ``coords`` (N x 2 int64,
+A features file is ``<image_id>.h5`` with datasets ``features`` (N x D float32, or float16 with
+``extract --dtype float16``: half the disk and page cache, read back as float32) and ``coords`` (N x 2 int64,
 level-0 top-left x,y) and attributes ``patch_size_level0``, ``mpp``, ``backbone`` (plus ``patch_size`` and
 ``target_mpp``). Files written by CLAM or TRIDENT load as they are; odd shapes (N x 1 x D, float coords) are normalised.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,29 +113,114 @@ def _normalise_coords(arr: np.ndarray, path: Path) -> np.ndarray:
 def read_features(path: str | Path) -> FeatureBag:
     """Read a features file (ours, CLAM or TRIDENT); raise InputError naming the file if it is missing or malformed."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: features file not found")
-    try:
-        with h5py.File(path, "r") as f:
-            missing = [k for k in ("features", "coords") if k not in f or not isinstance(f[k], h5py.Dataset)]
-            if missing:
-                raise InputError(f"{path}: no {' or '.join(repr(m) for m in missing)} dataset in the features file")
+    with _open_features(path) as f:
+        try:
             feats_raw = f["features"][()]
             coords_raw = f["coords"][()]
-            root = {k: _scalar(v) for k, v in f.attrs.items()}
-            c_attrs = {k: _scalar(v) for k, v in f["coords"].attrs.items()}
-            f_attrs = {k: _scalar(v) for k, v in f["features"].attrs.items()}
-    except InputError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
+            attrs = _all_attrs(f)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
     features = _normalise_features(np.asarray(feats_raw), path)
     coords = _normalise_coords(np.asarray(coords_raw), path)
     if features.shape[0] == 0 and coords.shape[0] == 0 and features.shape[1] == 0:
-        features = features.reshape(0, int(root.get("feature_dim", 0) or 0))
+        features = features.reshape(0, int(attrs[0].get("feature_dim", 0) or 0))
     if features.shape[0] != coords.shape[0]:
         raise InputError(f"{path}: {features.shape[0]} feature rows but {coords.shape[0]} coords")
-    all_attrs = [root, c_attrs, f_attrs]
+    size0, mpp, backbone = _meta(attrs)
+    return FeatureBag(features=features, coords=coords, patch_size_level0=size0, mpp=mpp, backbone=backbone,
+                      path=path, attrs={**attrs[1], **attrs[2], **attrs[0]})
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """What a features file holds, read from its header only (no feature rows are decoded)."""
+
+    path: Path
+    n: int
+    dim: int
+    dtype: str
+    patch_size_level0: int | None
+    mpp: float | None
+    backbone: str | None
+
+
+def read_feature_info(path: str | Path, verify: bool = False) -> FeatureInfo:
+    """Shape, dtype and attributes of a features file without reading its rows (constant memory per file).
+
+    ``verify`` also reads the last row of each dataset, so a file cut short by a crashed writer is refused."""
+    path = Path(path)
+    with _open_features(path) as f:
+        try:
+            if verify and f["features"].shape and f["features"].shape[0]:
+                _tail = (f["features"][-1], f["coords"][-1])  # raises if the data was cut short
+            shape, dtype = tuple(f["features"].shape), f["features"].dtype
+            n_coords = int(f["coords"].shape[0]) if f["coords"].ndim else 0
+            if f["coords"].ndim == 3 and f["coords"].shape[0] == 1:
+                n_coords = int(f["coords"].shape[1])
+            attrs = _all_attrs(f)
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
+    if len(shape) == 3 and shape[1] == 1:
+        shape = (shape[0], shape[2])
+    elif len(shape) == 3 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 2 and not (len(shape) == 1 and shape[0] == 0):
+        raise InputError(f"{path}: 'features' has shape {shape}; expected N x D")
+    if not np.issubdtype(dtype, np.number):
+        raise InputError(f"{path}: 'features' has non-numeric type {dtype}")
+    n, dim = (shape[0], shape[1]) if len(shape) == 2 else (0, int(attrs[0].get("feature_dim", 0) or 0))
+    if n != n_coords:
+        raise InputError(f"{path}: {n} feature rows but {n_coords} coords")
+    size0, mpp, backbone = _meta(attrs)
+    return FeatureInfo(path, int(n), int(dim), str(dtype), size0, mpp, backbone)
+
+
+def read_feature_rows(path: str | Path) -> np.ndarray:
+    """The ``features`` matrix of a file as float32 (N x D), for readers that already hold its header."""
+    path = Path(path)
+    with _open_features(path) as f:
+        try:
+            raw = f["features"][()]
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
+    return _normalise_features(np.asarray(raw), path)
+
+
+def read_feature_coords(path: str | Path) -> np.ndarray:
+    """The ``coords`` of a file as int64 (N x 2), without reading its features."""
+    path = Path(path)
+    with _open_features(path) as f:
+        try:
+            raw = f["coords"][()]
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
+    return _normalise_coords(np.asarray(raw), path)
+
+
+@contextlib.contextmanager
+def _open_features(path: Path) -> Iterator[h5py.File]:
+    """The HDF5 file with its ``features`` and ``coords`` datasets checked; InputError naming the file otherwise."""
+    if not path.is_file():
+        raise InputError(f"{path}: features file not found")
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
+    with f:
+        missing = [k for k in ("features", "coords") if k not in f or not isinstance(f[k], h5py.Dataset)]
+        if missing:
+            raise InputError(f"{path}: no {' or '.join(repr(m) for m in missing)} dataset in the features file")
+        yield f
+
+
+def _all_attrs(f: h5py.File) -> list[dict[str, Any]]:
+    """Root, coords and features attributes, in the order they are searched."""
+    return [{k: _scalar(v) for k, v in f.attrs.items()}, {k: _scalar(v) for k, v in f["coords"].attrs.items()},
+            {k: _scalar(v) for k, v in f["features"].attrs.items()}]
+
+
+def _meta(all_attrs: list[dict[str, Any]]) -> tuple[int | None, float | None, str | None]:
+    """(patch_size_level0, mpp, backbone) from our attributes or CLAM's / TRIDENT's."""
     size0 = _first(all_attrs, "patch_size_level0")
     if size0 is None:
         # CLAM: coords.attrs patch_size at patch_level; only level 0 (or a stored downsample) maps to level 0 safely
@@ -150,15 +237,8 @@ def read_features(path: str | Path) -> FeatureBag:
         if mag:
             mpp = 10.0 / float(mag)
     backbone = _first(all_attrs, "backbone", "encoder", "model_name", "patch_encoder")
-    return FeatureBag(
-        features=features,
-        coords=coords,
-        patch_size_level0=int(size0) if size0 is not None else None,
-        mpp=float(mpp) if mpp is not None else None,
-        backbone=str(backbone) if backbone is not None else None,
-        path=path,
-        attrs={**c_attrs, **f_attrs, **root},
-    )
+    return (int(size0) if size0 is not None else None, float(mpp) if mpp is not None else None,
+            str(backbone) if backbone is not None else None)
 
 
 def find_features(feature_dir: str | Path) -> dict[str, Path]:
@@ -178,10 +258,22 @@ def is_valid_features(path: str | Path) -> bool:
     return True
 
 
-def write_features(path: str | Path, bag: FeatureBag, extra_attrs: dict[str, Any] | None = None) -> Path:
-    """Write ``bag`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``."""
+FEATURE_DTYPES = ("float32", "float16")
+
+
+def write_features(path: str | Path, bag: FeatureBag, extra_attrs: dict[str, Any] | None = None,
+                   dtype: str = "float32") -> Path:
+    """Write ``bag`` to ``path`` atomically: a temp file in the same folder, then ``os.replace``.
+
+    ``dtype`` float16 halves the file (features are read back as float32 either way)."""
     path = Path(path)
+    if dtype not in FEATURE_DTYPES:
+        raise InputError(f"feature dtype {dtype!r}: choose {' or '.join(FEATURE_DTYPES)}")
     features = np.asarray(bag.features, dtype=np.float32)
+    if dtype == "float16":
+        if np.abs(features).max(initial=0.0) > np.finfo(np.float16).max:
+            raise InputError(f"{path}: features exceed the float16 range; extract with --dtype float32")
+        features = features.astype(np.float16)
     coords = np.asarray(bag.coords, dtype=np.int64).reshape(-1, 2)
     if features.ndim != 2 or features.shape[0] != coords.shape[0]:
         raise InputError(f"{path}: features {features.shape} and coords {coords.shape} do not match")
@@ -274,7 +366,7 @@ def extract_slide(slide_path: str | Path, out_path: str | Path, backbone: Backbo
                   target_mpp: float = 0.5, min_tissue: float = 0.25, mpp: float | None = None,
                   default_mpp: float | None = None, batch_size: int = 64, num_workers: int = 2,
                   cache_dir: str | Path | None = None, prefetch_factor: int = 4,
-                  progress: Progress | None = None) -> Path:
+                  progress: Progress | None = None, dtype: str = "float32") -> Path:
     """Tile one slide, embed every tissue patch with ``backbone`` and write ``out_path`` atomically; returns it."""
     slide_path, out_path = Path(slide_path), Path(out_path)
     cache = Path(cache_dir) if cache_dir is not None else None
@@ -304,7 +396,7 @@ def extract_slide(slide_path: str | Path, out_path: str | Path, backbone: Backbo
     extra = {"patch_size": int(patch_size), "target_mpp": float(target_mpp), "image_id": slide_path.stem,
              "slide_mpp": float(slide_mpp) if slide_mpp is not None else None, "weights": backbone.weights or "random",
              "min_tissue": float(min_tissue)}
-    write_features(out_path, bag, extra)
+    write_features(out_path, bag, extra, dtype=dtype)
     if progress:
         progress(1.0, f"{slide_path.name}: {n} patches done")
     return out_path
@@ -327,11 +419,11 @@ def done_features(path: Path, backbone_name: str) -> bool:
     if not path.is_file():
         return False
     try:
-        bag = read_features(path)
+        info = read_feature_info(path, verify=True)  # header and last row only: a resume scan of a big cohort decodes no features
     except InputError:
         return False  # e.g. a truncated file from a crash of another tool: redo it
-    if bag.backbone is not None and bag.backbone != backbone_name:
-        raise InputError(f"{path}: holds {bag.backbone} features, not {backbone_name}; use another output folder")
+    if info.backbone is not None and info.backbone != backbone_name:
+        raise InputError(f"{path}: holds {info.backbone} features, not {backbone_name}; use another output folder")
     return True
 
 
@@ -339,7 +431,7 @@ def extract_cohort(slides: dict[str, Path], out_dir: str | Path, backbone: Backb
                    target_mpp: float = 0.5, min_tissue: float = 0.25, mpp_overrides: dict[str, float] | None = None,
                    default_mpp: float | None = None, batch_size: int = 64, num_workers: int = 2,
                    cache_dir: str | Path | None = None, overwrite: bool = False,
-                   progress: Progress | None = None) -> ExtractReport:
+                   progress: Progress | None = None, dtype: str = "float32") -> ExtractReport:
     """Extract every slide into ``out_dir/<image_id>.h5``, skipping finished ones and carrying on past bad slides."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -359,7 +451,8 @@ def extract_cohort(slides: dict[str, Path], out_dir: str | Path, backbone: Backb
                 continue
             extract_slide(slides[image_id], out, backbone, patch_size=patch_size, target_mpp=target_mpp,
                           min_tissue=min_tissue, mpp=(mpp_overrides or {}).get(image_id), default_mpp=default_mpp,
-                          batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, progress=sub)
+                          batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, progress=sub,
+                          dtype=dtype)
             report.written.append(image_id)
         except SlideLensError as exc:
             report.failed[image_id] = str(exc)

@@ -25,7 +25,7 @@ from core.config import resolve_device
 from core.errors import InputError
 from core.labels import read_labels
 from core.mil import MILModel, create_model, list_models
-from core.train_data import Bag, load_bags, predict_bags, write_oof_attention
+from core.train_data import Bag, input_stats, load_bags, predict_bags, write_oof_attention
 
 Progress = Callable[[float, str], None]
 
@@ -79,8 +79,9 @@ def fit(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = create_model(s.model, bags[0].features.shape[1], n_classes, **s.model_kwargs).to(device)
-    model.fit_input_norm(torch.cat([b.features for b in bags]).to(device))  # only heads that want it use it
+    model = create_model(s.model, bags[0].dim, n_classes, **s.model_kwargs).to(device)
+    if model.uses_input_norm:  # streamed over the bags: never all training patches in memory at once
+        model.set_input_norm(*(t.to(device) for t in input_stats(bags)))
     epochs = epochs or s.epochs
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * len(bags), eta_min=s.lr * 0.05)
@@ -224,7 +225,7 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
         raise InputError(f"{features_dir}: none of the {len(rows)} labelled slides in {labels_csv} has a features file")
     ids = [b.image_id for b in bags]
     if device == "cpu":
-        median_size = float(np.median([min(len(b.features), s.max_patches) for b in bags])) * bags[0].features.shape[1]
+        median_size = float(np.median([min(b.n, s.max_patches) for b in bags])) * bags[0].dim
         torch.set_num_threads(s.cpu_threads or (1 if median_size < 2_000_000 else torch.get_num_threads()))
     label_of = dict(zip(rows["image_id"], rows["label"], strict=True))
     y = np.array([classes.index(label_of[i]) for i in ids])
@@ -264,7 +265,7 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
 
     oof_pred = oof_probs.argmax(axis=1)
     meta = {
-        "version": None, "model": model, "classes": classes, "feature_dim": int(bags[0].features.shape[1]),
+        "version": None, "model": model, "classes": classes, "feature_dim": int(bags[0].dim),
         "backbone": bags[0].backbone, "patch_size_level0": bags[0].patch_size_level0, "mpp": bags[0].mpp,
         "settings": {**asdict(s), "device": device, "final_epochs": final_epochs, "fold_best_epochs": best_epochs},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "labels_file": str(labels_csv.resolve()),
@@ -285,7 +286,7 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
     oof.to_csv(staging / mfolders.OOF_CSV, index=False)
     pd.DataFrame({"image_id": ids, "label": [classes[i] for i in y], "fold": fold}).to_csv(
         staging / "folds.csv", index=False)
-    write_oof_attention(staging / "oof_attention.h5", {b.image_id: b.coords for b in bags}, oof_attention)
+    write_oof_attention(staging / "oof_attention.h5", bags, oof_attention)
     (staging / mfolders.MODEL_JSON).write_text(json.dumps(meta, indent=2, default=str))
     path = mfolders.publish(staging, out_dir, model)
     _report(progress, 1.0, f"saved {path.name}")

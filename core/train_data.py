@@ -1,9 +1,18 @@
-"""Bags in memory for training and batch prediction (shared by core.train and core.infer)."""
+"""Bags for training and batch prediction (shared by core.train and core.infer), streamed from the HDF5 files.
+
+A :class:`Bag` holds a slide's header (patch count, dimension, backbone), not its features: ``bag.features`` reads
+them through a process-wide LRU cache bounded in bytes (``SLIDELENS_BAG_CACHE_MB``, default 1024), so peak memory does
+not grow with the cohort. A cohort that fits in the cache trains exactly as if every bag were in memory; a larger one
+re-reads bags from the files (the page cache keeps that cheap; float16 files halve it).
+"""
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,21 +21,93 @@ import numpy as np
 import torch
 
 from core.errors import InputError
-from core.features import read_features
+from core.features import read_feature_coords, read_feature_info, read_feature_rows
 from core.mil import MILModel
 
+DEFAULT_CACHE_MB = 1024
 
-@dataclass
+
+class BagCache:
+    """Least-recently-used float32 feature tensors by file, bounded by ``max_bytes`` (one bag over it is not kept)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._items: OrderedDict[Path, torch.Tensor] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def get(self, path: Path) -> torch.Tensor:
+        """The features of ``path`` as a float32 ``[N, D]`` tensor (read on a miss)."""
+        with self._lock:
+            t = self._items.get(path)
+            if t is not None:
+                self._items.move_to_end(path)
+                self.hits += 1
+                return t
+            self.misses += 1
+        with torch.inference_mode(False):  # a bag first read while predicting is later trained on
+            t = torch.from_numpy(read_feature_rows(path))
+        size = t.numel() * t.element_size()
+        with self._lock:
+            if size <= self.max_bytes and path not in self._items:
+                self._items[path] = t
+                self._bytes += size
+                while self._bytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self._bytes -= old.numel() * old.element_size()
+        return t
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+_CACHE: BagCache | None = None
+
+
+def bag_cache() -> BagCache:
+    """The process-wide bag cache (its size from ``SLIDELENS_BAG_CACHE_MB``)."""
+    global _CACHE
+    if _CACHE is None:
+        mb = float(os.environ.get("SLIDELENS_BAG_CACHE_MB") or DEFAULT_CACHE_MB)
+        _CACHE = BagCache(int(mb * 2**20))
+    return _CACHE
+
+
+def set_bag_cache(max_bytes: int) -> BagCache:
+    """Replace the process-wide cache with one of ``max_bytes`` (benchmarks and tests)."""
+    global _CACHE
+    _CACHE = BagCache(max_bytes)
+    return _CACHE
+
+
+@dataclass(frozen=True)
 class Bag:
-    """One slide's features as a tensor, with what is needed to check and place its results."""
+    """One slide's features file: its header, and its features and coords read on demand."""
 
     image_id: str
-    features: torch.Tensor  # [N, D] float32
-    coords: np.ndarray  # [N, 2] int64, level 0
+    path: Path
+    n: int  # patches
+    dim: int
     backbone: str | None
     patch_size_level0: int | None
     mpp: float | None
-    path: Path
+
+    @property
+    def features(self) -> torch.Tensor:
+        """``[N, D]`` float32, through the bag cache."""
+        return bag_cache().get(self.path)
+
+    @property
+    def coords(self) -> np.ndarray:
+        """``[N, 2]`` int64 level-0 coordinates (read from the file each time: only written once per slide)."""
+        return read_feature_coords(self.path)
 
 
 @dataclass
@@ -40,7 +121,7 @@ class BagOutputs:
 
 
 def load_bags(features_dir: Path, image_ids: list[str]) -> tuple[list[Bag], list[str]]:
-    """Read ``<id>.h5`` for each id; returns the bags and the ids that have no features file.
+    """The bag of each id that has a features file (headers only); returns the bags and the ids without one.
 
     All bags must share one feature dimension and backbone (``InputError`` naming the odd file otherwise).
     """
@@ -51,18 +132,42 @@ def load_bags(features_dir: Path, image_ids: list[str]) -> tuple[list[Bag], list
         if not path.is_file():
             missing.append(image_id)
             continue
-        fb = read_features(path)
-        if len(fb) == 0:
+        info = read_feature_info(path)
+        if info.n == 0:
             missing.append(image_id)  # no tissue patches: nothing to learn from
             continue
-        bag = Bag(image_id, torch.from_numpy(np.ascontiguousarray(fb.features, dtype=np.float32)), fb.coords,
-                  fb.backbone, fb.patch_size_level0, fb.mpp, path)
-        if bags and (bag.features.shape[1] != bags[0].features.shape[1] or bag.backbone != bags[0].backbone):
-            raise InputError(f"{path}: features of dimension {bag.features.shape[1]} from backbone {bag.backbone!r} "
-                             f"do not match {bags[0].path.name} (dimension {bags[0].features.shape[1]}, "
+        bag = Bag(image_id, path, info.n, info.dim, info.backbone, info.patch_size_level0, info.mpp)
+        if bags and (bag.dim != bags[0].dim or bag.backbone != bags[0].backbone):
+            raise InputError(f"{path}: features of dimension {bag.dim} from backbone {bag.backbone!r} "
+                             f"do not match {bags[0].path.name} (dimension {bags[0].dim}, "
                              f"backbone {bags[0].backbone!r}); extract all slides with one backbone")
         bags.append(bag)
     return bags, missing
+
+
+def input_stats(bags: Iterable[Bag]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (unbiased) standard deviation of every patch of ``bags``, one bag at a time (float64, Chan et al.'s
+    pairwise merge), so standardising inputs never needs all patches in memory."""
+    n, mean, m2 = 0, None, None
+    for b in bags:
+        x = b.features.to(torch.float64)
+        nb = x.shape[0]
+        if nb == 0:
+            continue
+        mb = x.mean(dim=0)
+        m2b = ((x - mb) ** 2).sum(dim=0)
+        if mean is None:
+            n, mean, m2 = nb, mb, m2b
+            continue
+        delta = mb - mean
+        tot = n + nb
+        mean = mean + delta * (nb / tot)
+        m2 = m2 + m2b + delta**2 * (n * nb / tot)
+        n = tot
+    if mean is None:
+        raise InputError("no patches to compute input statistics from")
+    std = (m2 / (n - 1)).sqrt() if n > 1 else torch.ones_like(mean)
+    return mean.float(), std.float()
 
 
 @torch.inference_mode()
@@ -81,15 +186,16 @@ def predict_bags(model: MILModel, bags: list[Bag], device: str) -> BagOutputs:
                       np.stack(emb) if emb else np.zeros((0, 0)), attn)
 
 
-def write_oof_attention(path: Path, coords: dict[str, np.ndarray], attention: dict[str, np.ndarray]) -> None:
+def write_oof_attention(path: Path, bags: list[Bag], attention: dict[str, np.ndarray]) -> None:
     """One HDF5 file with a group per slide (``coords``, ``attention``) for the out-of-fold attention."""
+    by_id = {b.image_id: b for b in bags}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
             for image_id, att in attention.items():
                 g = f.create_group(image_id)
-                g.create_dataset("coords", data=coords[image_id])
+                g.create_dataset("coords", data=by_id[image_id].coords)
                 g.create_dataset("attention", data=att.astype(np.float32))
         os.replace(tmp, path)
     except BaseException:

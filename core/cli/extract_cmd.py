@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes reading patches")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
     p.add_argument("--overwrite", action="store_true", help="redo slides that already have a features file")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="stored feature type: float16 halves the files (training streams them either way)")
     p.set_defaults(func=cmd_extract)
 
 
@@ -47,7 +49,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         cohort = load_cohort(args.cohort)
         slides, out = cohort.slide_paths, args.out or cohort.features
         patch, mpp, min_tissue = cohort.patch_size, cohort.target_mpp, cohort.min_tissue
-        default_mpp, overrides, cache_dir = cohort.default_mpp, dict(cohort.mpp_overrides), cohort.cache_dir
+        default_mpp, overrides, cache_dir = cohort.default_mpp, dict(cohort.slide_mpps), cohort.cache_dir
     else:
         if args.slides is None or args.out is None:
             raise InputError("give --slides DIR and --out FEATDIR (or --cohort cohort.toml)")
@@ -76,7 +78,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                 mpp_overrides=overrides, default_mpp=default_mpp,
                                 batch_size=args.batch_size or s.batch_size,
                                 num_workers=s.num_workers if args.workers is None else args.workers,
-                                cache_dir=cache_dir, overwrite=args.overwrite, progress=progress)
+                                cache_dir=cache_dir, overwrite=args.overwrite, progress=progress,
+                                dtype=args.dtype)
     print(f"extracted {len(report.written)}, already done {len(report.skipped)}, failed {len(report.failed)}",
           file=sys.stderr)
     for image_id, reason in report.failed.items():

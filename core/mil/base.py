@@ -48,8 +48,13 @@ class MILModel(nn.Module):
             raise ValueError(f"{self.name}: features have dimension {d}, the model expects {self.in_dim}")
         return features
 
+    uses_input_norm = False  # heads that standardise their inputs set this and implement set_input_norm
+
     def fit_input_norm(self, features: Tensor) -> None:
         """Learn input statistics from the training patches ``[M, D]`` before training (default: nothing)."""
+
+    def set_input_norm(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise inputs with these per-dimension statistics (default: nothing)."""
 
     def loss(self, out: MILOutput, target: Tensor) -> Tensor:
         """Cross-entropy of the slide logits against the class index ``target`` (a 0-d long tensor)."""

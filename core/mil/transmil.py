@@ -110,12 +110,19 @@ class TransMIL(MILModel):
         self.norm = nn.LayerNorm(hidden)
         self.fc2 = nn.Linear(hidden, n_classes)
 
+    uses_input_norm = True
+
     @torch.no_grad()
     def fit_input_norm(self, features: Tensor) -> None:
         """Standardise inputs with the mean and standard deviation of the training patches ``[M, D]``."""
         x = features.to(self.feat_mean.device, torch.float32)
-        self.feat_mean.copy_(x.mean(dim=0))
-        self.feat_std.copy_(x.std(dim=0).clamp_min(1e-6) if len(x) > 1 else torch.ones_like(self.feat_std))
+        self.set_input_norm(x.mean(dim=0), x.std(dim=0) if len(x) > 1 else torch.ones_like(self.feat_std))
+
+    @torch.no_grad()
+    def set_input_norm(self, mean: Tensor, std: Tensor) -> None:
+        """Standardise inputs with these per-dimension statistics (training computes them streamed over the bags)."""
+        self.feat_mean.copy_(mean.to(self.feat_mean))
+        self.feat_std.copy_(std.to(self.feat_std).clamp_min(1e-6))
 
     def forward(self, features: Tensor) -> MILOutput:
         x = self._as_bag(features)  # [N, D]
