@@ -80,7 +80,7 @@ def _first(attrs: list[dict[str, Any]], *keys: str) -> Any:
     return None
 
 
-def _normalise_features(arr: np.ndarray, path: Path) -> np.ndarray:
+def _normalise_features(arr: np.ndarray, path: Path, keep_half: bool = False) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[1] == 1:  # N x 1 x D (some CLAM/TRIDENT variants)
         arr = arr[:, 0, :]
     elif arr.ndim == 3 and arr.shape[0] == 1:  # 1 x N x D
@@ -91,6 +91,8 @@ def _normalise_features(arr: np.ndarray, path: Path) -> np.ndarray:
         raise InputError(f"{path}: 'features' has shape {arr.shape}; expected N x D")
     if not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"{path}: 'features' has non-numeric type {arr.dtype}")
+    if keep_half and arr.dtype == np.float16:
+        return np.ascontiguousarray(arr)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
@@ -175,15 +177,16 @@ def read_feature_info(path: str | Path, verify: bool = False) -> FeatureInfo:
     return FeatureInfo(path, int(n), int(dim), str(dtype), size0, mpp, backbone)
 
 
-def read_feature_rows(path: str | Path) -> np.ndarray:
-    """The ``features`` matrix of a file as float32 (N x D), for readers that already hold its header."""
+def read_feature_rows(path: str | Path, keep_half: bool = False) -> np.ndarray:
+    """The ``features`` matrix of a file (N x D) as float32, or float16 as stored with ``keep_half`` (half the
+    memory; converting a row to float32 is exact, so a subset converted later equals the converted whole)."""
     path = Path(path)
     with _open_features(path) as f:
         try:
             raw = f["features"][()]
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
-    return _normalise_features(np.asarray(raw), path)
+    return _normalise_features(np.asarray(raw), path, keep_half)
 
 
 def read_feature_coords(path: str | Path) -> np.ndarray:

@@ -90,9 +90,8 @@ def fit(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device
     for epoch in range(epochs):
         model.train()
         for i in _balanced_order(y, gen):
-            x = bags[i].features
-            if len(x) > s.max_patches:
-                x = x[torch.randperm(len(x), generator=gen)[: s.max_patches]]
+            n = bags[i].n
+            x = bags[i].rows(torch.randperm(n, generator=gen)[: s.max_patches] if n > s.max_patches else None)
             loss = model.loss(model(x.to(device)), torch.tensor(int(y[i]), device=device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

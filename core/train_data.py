@@ -28,7 +28,8 @@ DEFAULT_CACHE_MB = 1024
 
 
 class BagCache:
-    """Least-recently-used float32 feature tensors by file, bounded by ``max_bytes`` (one bag over it is not kept)."""
+    """Least-recently-used feature tensors by file, as stored (float16 stays float16), bounded by ``max_bytes``
+    (a bag bigger than that is read each time, not kept)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = int(max_bytes)
@@ -38,7 +39,7 @@ class BagCache:
         self.hits = self.misses = 0
 
     def get(self, path: Path) -> torch.Tensor:
-        """The features of ``path`` as a float32 ``[N, D]`` tensor (read on a miss)."""
+        """The features of ``path`` as an ``[N, D]`` float32 or float16 tensor (read on a miss)."""
         with self._lock:
             t = self._items.get(path)
             if t is not None:
@@ -47,7 +48,7 @@ class BagCache:
                 return t
             self.misses += 1
         with torch.inference_mode(False):  # a bag first read while predicting is later trained on
-            t = torch.from_numpy(read_feature_rows(path))
+            t = torch.from_numpy(read_feature_rows(path, keep_half=True))
         size = t.numel() * t.element_size()
         with self._lock:
             if size <= self.max_bytes and path not in self._items:
@@ -102,7 +103,12 @@ class Bag:
     @property
     def features(self) -> torch.Tensor:
         """``[N, D]`` float32, through the bag cache."""
-        return bag_cache().get(self.path)
+        return bag_cache().get(self.path).float()
+
+    def rows(self, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Float32 features of the patches ``index`` (all when None): a float16 bag converts only those rows."""
+        stored = bag_cache().get(self.path)
+        return (stored if index is None else stored[index]).float()
 
     @property
     def coords(self) -> np.ndarray:
