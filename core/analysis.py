@@ -181,6 +181,23 @@ def cell_slides(df: pd.DataFrame, true: str, pred: str) -> pd.DataFrame:
     return sel.sort_values(["confidence", "image_id"], ascending=[true == pred, True]).reset_index(drop=True)
 
 
+def parse_cell(value: str | None, classes: Sequence[str]) -> tuple[str, str] | None:
+    """A confusion cell written ``true,pred`` (the analysis page's ``?cell=``) -> (true, pred), or None when it does not
+    name two classes. Class names may hold commas: every split point is tried."""
+    if not value:
+        return None
+    known = set(classes)
+    for i, ch in enumerate(value):
+        if ch == "," and value[:i] in known and value[i + 1:] in known:
+            return value[:i], value[i + 1:]
+    return None
+
+
+def format_cell(true: str, pred: str) -> str:
+    """The ``?cell=`` value of a confusion cell (inverse of :func:`parse_cell`)."""
+    return f"{true},{pred}"
+
+
 def error_impact(df: pd.DataFrame, classes: Sequence[str]) -> pd.DataFrame:
     """For each (true, pred) error pair: count and the rise in balanced accuracy if those errors were fixed.
 

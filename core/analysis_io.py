@@ -1,4 +1,9 @@
-"""Files for error analysis: reading predictions, finding a cohort's model versions, writing the report folder."""
+"""Files for error analysis: reading predictions, joining them with the reviewed labels, writing the report folder.
+
+The truth on every page is the reviewed label (``core.slide_table.reviewed_labels``: the review database's current
+state, with the reviewer's outlier / exclude flags); :func:`reviewed_join` and :func:`version_analysis` are what the
+analysis page, Compare and the home page score with, so they show the same numbers for the same version.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,23 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
 
 from core.analysis import classes_of, compute_metrics, confusion, error_impact, join_predictions, metrics_by
 from core.analysis_issues import rank_label_issues
 from core.errors import InputError
+from core.slide_table import reviewed_labels
+
+if TYPE_CHECKING:
+    from core.cohort import Cohort
+    from core.store import Store
 
 Source = Literal["oof", "final"]
 ProgressFn = Callable[[float, str], None]
+# what each kind of prediction is called wherever a number is shown
+SOURCE_NAMES: dict[str, str] = {"oof": "out-of-fold", "final": "final model, trained on these slides - optimistic"}
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
@@ -62,6 +74,53 @@ def load_joined(pred_path: str | Path, labels: pd.DataFrame, classes: list[str] 
         return join_predictions(preds, labels, classes), classes
     except InputError as exc:
         raise InputError(f"{pred_path}: {exc}") from None
+
+
+def reviewed_join(preds: pd.DataFrame, reviewed: pd.DataFrame, classes: list[str] | None = None) -> pd.DataFrame:
+    """Predictions joined with the reviewed labels (:func:`core.slide_table.reviewed_labels`'s table).
+
+    Slides without a label keep an empty one (never scored); outlier / excluded slides are not scored; the labels
+    file's value stays in ``given_label`` and its extra columns (``is_tma``, site, ...) are kept for breakdowns.
+    """
+    lab = reviewed.copy()
+    lab["label"] = lab["label"].where(lab["label"].notna(), "").astype(str)
+    return join_predictions(preds, lab, classes)
+
+
+def score_caption(source: Source, n: int) -> str:
+    """What a score is computed on, said the same way on every page."""
+    return f"{SOURCE_NAMES[source]}, against reviewed labels ({n} slides)"
+
+
+def n_errors(df: pd.DataFrame) -> int:
+    """Scored slides whose prediction differs from the reviewed label (a :func:`reviewed_join` table)."""
+    return int((df["scored"] & ~df["correct"]).sum()) if len(df) else 0
+
+
+def cohort_given_labels(cohort: Cohort) -> pd.DataFrame | None:
+    """The cohort's labels file as a table (for ``given_label`` and breakdown columns), or None without one."""
+    from core.labels import read_labels
+
+    if cohort.labels is None or not Path(cohort.labels).is_file():
+        return None
+    return read_labels(cohort.labels).df
+
+
+def version_analysis(cohort: Cohort, store: Store, version: str, source: Source = "oof",
+                     given: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One version's predictions (out-of-fold by default) joined with the reviewed labels; (joined, classes).
+
+    ``given`` is the labels file's table when the caller has read it already. Raises ``InputError`` naming the
+    predictions file when it is missing or malformed.
+    """
+    path = predictions_path(cohort.models, cohort.results, version, source)
+    preds = read_predictions(path)
+    classes = model_classes(cohort.models / version) or classes_of(preds)
+    labels = reviewed_labels(store, cohort_given_labels(cohort) if given is None else given)
+    try:
+        return reviewed_join(preds, labels, classes), classes
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
 
 
 def _clean(v: Any) -> Any:
@@ -119,3 +178,24 @@ def write_report(df: pd.DataFrame, classes: list[str], out_dir: str | Path,
     if progress:
         progress(1.0, "done")
     return written
+
+
+def resolve_predictions_arg(path: str | Path) -> tuple[Path, str | None]:
+    """What a user means by ``--predictions``: a CSV as it is; a model version folder (its out-of-fold predictions)
+    or a results version folder (its predictions.csv); for a folder of versions, the newest that has predictions.
+    Returns (CSV, a note saying which was taken or None); ``InputError`` listing what is there otherwise."""
+    path = Path(path)
+    if path.is_file() or not path.is_dir():
+        return path, None
+    for name in ("oof_predictions.csv", "predictions.csv"):
+        if (path / name).is_file():
+            return path / name, f"using {path / name}"
+    found = sorted((d for d in path.iterdir() if d.is_dir() and any((d / n).is_file() for n in
+                                                                     ("oof_predictions.csv", "predictions.csv"))),
+                   key=lambda d: d.name)
+    if not found:
+        raise InputError(f"{path}: no predictions CSV here, nor in a version folder below it")
+    newest = found[-1]
+    csv = newest / "oof_predictions.csv" if (newest / "oof_predictions.csv").is_file() else newest / "predictions.csv"
+    others = f"; others: {', '.join(d.name for d in found[:-1])}" if len(found) > 1 else ""
+    return csv, f"using the newest version's predictions, {csv}{others}"

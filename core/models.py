@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,23 @@ WEIGHTS = "weights.safetensors"
 OOF_CSV = "oof_predictions.csv"
 OOD_FILE = "ood.safetensors"
 REQUIRED_FILES = (MODEL_JSON, WEIGHTS)
+FOLDS_DIR = "folds"  # folds/fold<k>.safetensors (+ fold<k>.ood.safetensors): the k fold models of a training run
+ENSEMBLE = "ensemble"  # model.json key of an ensemble version: {"method", "members": [...]} instead of weights
+
+
+def fold_weights(fold: int) -> str:
+    """Path, inside a version folder, of fold ``fold``'s weights."""
+    return f"{FOLDS_DIR}/fold{int(fold)}.safetensors"
+
+
+def fold_ood(fold: int) -> str:
+    """Path, inside a version folder, of fold ``fold``'s OOD reference."""
+    return f"{FOLDS_DIR}/fold{int(fold)}.ood.safetensors"
+
+
+def is_ensemble(meta: dict[str, Any]) -> bool:
+    """True for an ensemble version's model.json (it names members and a method instead of holding weights)."""
+    return isinstance(meta.get(ENSEMBLE), dict)
 VERSION_RE = re.compile(r"^v(\d{3,})-([A-Za-z0-9_]+)$")
 
 
@@ -61,6 +79,34 @@ def versions_with_predictions(models_dir: str | Path, results_dir: str | Path | 
     return sorted(found, key=lambda v: (version_number(v) is None, version_number(v) or 0, v))
 
 
+def default_version(models_dir: str | Path, results_dir: str | Path | None = None,
+                    among: Sequence[str] | None = None) -> str | None:
+    """The version a page opens by default, from ``among`` (oldest first; default: every version with something to
+    show, else every complete version): the newest with final predictions (``results_dir/<v>/predictions.csv``),
+    else the newest with out-of-fold predictions, else the newest. A newer version still without predictions (a
+    retrain in progress, failed or killed) is never preferred over an older one that has them."""
+    models_dir = Path(models_dir)
+    if among is None:
+        among = versions_with_predictions(models_dir, results_dir) or [m["version"] for m in list_versions(models_dir)]
+    among = [str(v) for v in among]
+
+    def final(v: str) -> bool:
+        return results_dir is not None and (Path(results_dir) / v / "predictions.csv").is_file()
+
+    for has in (final, lambda v: (models_dir / v / OOF_CSV).is_file()):
+        hits = [v for v in among if has(v)]
+        if hits:
+            return hits[-1]
+    return among[-1] if among else None
+
+
+def default_index(versions: Sequence[str], models_dir: str | Path, results_dir: str | Path | None = None) -> int:
+    """Index of :func:`default_version` in ``versions`` (for a page's version selectbox; the last one otherwise)."""
+    versions = list(versions)
+    chosen = default_version(models_dir, results_dir, among=versions)
+    return versions.index(chosen) if chosen in versions else max(len(versions) - 1, 0)
+
+
 def latest_version(models_dir: str | Path) -> str | None:
     """Name of the newest complete version in ``models_dir``, or ``None`` when there is none."""
     versions = list_versions(models_dir)
@@ -85,12 +131,14 @@ def read_model_meta(model_dir: str | Path) -> dict[str, Any]:
     if not model_dir.is_dir():
         raise InputError(f"{model_dir}: model folder not found")
     missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
-    if missing:
+    if MODEL_JSON in missing:
         raise InputError(f"{model_dir}: incomplete model folder (missing {', '.join(missing)})")
     try:
         meta = json.loads((model_dir / MODEL_JSON).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{model_dir / MODEL_JSON}: not valid JSON ({exc})") from exc
+    if missing and not (isinstance(meta, dict) and is_ensemble(meta)):  # an ensemble names members, has no weights
+        raise InputError(f"{model_dir}: incomplete model folder (missing {', '.join(missing)})")
     need = [k for k in ("model", "classes", "feature_dim") if k not in meta]
     if need:
         raise InputError(f"{model_dir / MODEL_JSON}: missing key(s) {', '.join(need)}")
@@ -152,3 +200,22 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def resolve_model_arg(path: str | Path) -> tuple[Path, str | None]:
+    """What a user means by a ``--model`` path: a model version folder as it is, or, for a folder of versions (what
+    ``train --out`` writes into), its newest complete version. Returns (folder, a note saying which was taken or
+    None); ``InputError`` listing what is there otherwise."""
+    path = Path(path)
+    if (path / MODEL_JSON).is_file():
+        return path, None
+    if not path.is_dir():
+        raise InputError(f"{path}: model folder not found")
+    versions = [d.name for d in _version_dirs(path)]
+    if versions:
+        others = f"; others: {', '.join(versions[:-1])} (pick one with --model {path / versions[0]})" \
+            if len(versions) > 1 else ""
+        return path / versions[-1], f"using the newest model version {versions[-1]} in {path}{others}"
+    stray = sorted(p.name for p in path.iterdir() if p.is_dir())[:5]
+    raise InputError(f"{path}: neither a model folder (no {MODEL_JSON}) nor a folder of model versions (vNNN-<model>)"
+                     + (f"; it holds {', '.join(stray)}" if stray else ""))

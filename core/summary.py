@@ -13,6 +13,7 @@ from core.labels import read_labels
 
 if TYPE_CHECKING:
     from core.review import ModelView
+    from core.store import Store
 
 
 @dataclass
@@ -29,10 +30,11 @@ class CohortSummary:
     versions: list[str] = field(default_factory=list)
     version: str | None = None
     model: str | None = None
-    balanced_accuracy: float | None = None  # out-of-fold, against the current (reviewed) labels
+    balanced_accuracy: float | None = None  # out-of-fold, against the reviewed labels (as the analysis page)
+    n_scored: int | None = None  # slides that balanced accuracy is computed on
     queue_size: int | None = None
     likely_outliers: int | None = None
-    disagreements: int | None = None  # reviewed label differs from the model's prediction
+    disagreements: int | None = None  # errors: out-of-fold prediction differs from the reviewed label
     reviewed: int | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -44,8 +46,13 @@ def _kinds(df: pd.DataFrame) -> tuple[int | None, int | None]:
     return int((~tma).sum()), int(tma.sum())
 
 
-def cohort_summary(cohort: Cohort) -> CohortSummary:
-    """Collect the home page's figures; each part that fails adds a problem line instead of failing the page."""
+def cohort_summary(cohort: Cohort, store: Store | None = None) -> CohortSummary:
+    """Collect the home page's figures; each part that fails adds a problem line instead of failing the page.
+
+    ``store`` is the cohort's review database (opened here when None). The model figures are those of
+    ``core.models.default_version`` (the newest version with predictions, the analysis page's default), scored
+    exactly as the analysis page scores them (``core.analysis_io.reviewed_join``).
+    """
     s = CohortSummary(name=cohort.name, n_slides=len(cohort.slide_paths))
     labels_df = None
     if cohort.labels is not None:
@@ -59,17 +66,21 @@ def cohort_summary(cohort: Cohort) -> CohortSummary:
         except SlideLensError as exc:
             s.problems.append(str(exc))
     view = _model_part(cohort, s)
-    _review_part(cohort, s, view)
+    _review_part(cohort, s, view, labels_df, store)
     return s
 
 
 def _model_part(cohort: Cohort, s: CohortSummary) -> ModelView | None:
-    """Fill the model figures; returns the latest version's view (read once, shared with the review part)."""
-    from core.review import load_model_view, model_versions
+    """Fill the model figures; returns the default version's view (read once, shared with the review part)."""
+    from core.models import default_version, versions_with_predictions
+    from core.review import load_model_view
 
     try:
-        s.versions = model_versions(cohort)
-        view = load_model_view(cohort, s.versions[-1] if s.versions else None)
+        s.versions = versions_with_predictions(cohort.models, cohort.results)
+        version = default_version(cohort.models, cohort.results, among=s.versions)
+        if version is None:
+            return None
+        view = load_model_view(cohort, version)
     except SlideLensError as exc:
         s.problems.append(str(exc))
         return None
@@ -81,12 +92,15 @@ def _model_part(cohort: Cohort, s: CohortSummary) -> ModelView | None:
     return view
 
 
-def _review_part(cohort: Cohort, s: CohortSummary, view: ModelView | None) -> None:
-    from core.analysis import compute_metrics, join_predictions
+def _review_part(cohort: Cohort, s: CohortSummary, view: ModelView | None, given: pd.DataFrame | None,
+                 store: Store | None) -> None:
+    from core.analysis import compute_metrics
+    from core.analysis_io import n_errors, reviewed_join
     from core.review import build_queue, open_cohort_store
+    from core.slide_table import reviewed_labels
 
     try:
-        store = open_cohort_store(cohort)
+        store = store if store is not None else open_cohort_store(cohort)
         states = store.state_table()
     except SlideLensError as exc:
         s.problems.append(str(exc))
@@ -94,18 +108,17 @@ def _review_part(cohort: Cohort, s: CohortSummary, view: ModelView | None) -> No
     if states.empty:
         return
     s.reviewed = len({row.image_id for row in store.history() if row.reviewer != "import"})
-    current = states[["image_id", "label"]].copy()
     if view is None or view.version is None:
         return
     try:
         classes = view.classes
-        if not view.oof.empty:
-            joined = join_predictions(view.oof, current, classes)
-            s.balanced_accuracy = _float(compute_metrics(joined, classes).get("balanced_accuracy"))
-        if not view.predictions.empty:
-            merged = view.predictions[["image_id", "pred"]].merge(current, on="image_id")
-            merged = merged[merged["label"].isin(classes)]
-            s.disagreements = int((merged["pred"] != merged["label"]).sum())
+        labels = reviewed_labels(store, given)
+        if not view.oof.empty:  # the same join and the same metric as the analysis page's default view
+            joined = reviewed_join(view.oof, labels, classes)
+            m = compute_metrics(joined, classes)
+            s.balanced_accuracy = _float(m.get("balanced_accuracy")) if m["n"] else None
+            s.n_scored = int(m["n"])
+            s.disagreements = n_errors(joined)
         queue = build_queue(cohort, store, view.version, view=view)
         s.queue_size = int((queue["n_reasons"] > 0).sum()) if not queue.empty else 0
     except SlideLensError as exc:

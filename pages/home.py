@@ -5,20 +5,30 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
+from core.analysis_io import score_caption
 from core.errors import SlideLensError
 from core.summary import cohort_summary
 from ui.context import current_cohort
+from ui.review_panel import cohort_store
+from ui.safe import md
 
 
-@st.cache_data(ttl=10, show_spinner=False)
-def _summary(cohort_key: str, _cohort):
-    return cohort_summary(_cohort)
+def _summary(cohort):
+    """The figures, read fresh on every run: a relabel on another page shows here at once (no stale cache)."""
+    try:
+        store = cohort_store(cohort)  # one engine per database for the whole app
+    except SlideLensError:
+        store = None  # cohort_summary opens it again and reports the problem in one line
+    return cohort_summary(cohort, store)
 
 
-def _fmt(v, pct: bool = False) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.1%}" if pct else f"{v}"
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v}"
+
+
+def _score(v) -> str:
+    """Balanced accuracy as the analysis page writes it (three decimals), so the two read the same."""
+    return "–" if v is None else f"{v:.3f}"
 
 
 def main() -> None:
@@ -27,11 +37,11 @@ def main() -> None:
     except SlideLensError as exc:
         st.error(str(exc))
         return
-    s = _summary(f"{cohort.source}|{cohort.database}", cohort)
-    st.title(f"SlideLens · {s.name}")
-    st.caption(f"Cohort file: {cohort.source}")
+    s = _summary(cohort)
+    st.title(f"SlideLens · {md(s.name)}")
+    st.caption(f"Cohort file: {md(cohort.source)}")
     for p in s.problems:
-        st.warning(p)
+        st.warning(md(p))
 
     st.subheader("The cohort")
     c = st.columns(5)
@@ -50,17 +60,22 @@ def main() -> None:
     c = st.columns(3)
     c[0].metric("Model version", s.version or "none yet")
     c[1].metric("Architecture", s.model or "–")
-    c[2].metric("Balanced accuracy (out-of-fold)", _fmt(s.balanced_accuracy, pct=True),
-                help="Out-of-fold predictions scored against the current, reviewed labels.")
+    c[2].metric("Balanced accuracy", _score(s.balanced_accuracy),
+                help="Each slide predicted by a model that did not train on it, scored against the labels as "
+                     "reviewed now (the analysis page shows the same number for this version).")
+    if s.n_scored is not None:
+        c[2].caption(md(score_caption("oof", s.n_scored)))
     if len(s.versions) > 1:
-        st.caption(f"{len(s.versions)} versions: {', '.join(s.versions)} — compare them on the Analysis page.")
+        st.caption(md(f"{len(s.versions)} versions with predictions: {', '.join(s.versions)}") +
+                   " — compare them on the Error analysis page.")
 
     st.subheader("Needs attention")
     c = st.columns(4)
     c[0].metric("Review queue", _fmt(s.queue_size))
     c[1].metric("Likely outliers ('Other?')", _fmt(s.likely_outliers))
-    c[2].metric("Label ≠ model", _fmt(s.disagreements),
-                help="Slides whose current label differs from the model's prediction.")
+    c[2].metric("Errors (out-of-fold)", _fmt(s.disagreements),
+                help="Slides whose reviewed label differs from the out-of-fold prediction (as the analysis page "
+                     "and the viewer's 'Incorrect' filter count them).")
     c[3].metric("Slides reviewed", _fmt(s.reviewed))
 
     st.subheader("Go to")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -11,8 +12,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.analysis_io import load_joined, model_classes
+from core.analysis import classes_of
+from core.analysis_io import model_classes, read_predictions
 from core.labels import read_labels
+from ui.safe import md
 
 RIGHT, WRONG = "#2e7d32", "#c62828"
 
@@ -22,27 +25,40 @@ def _mtime(path: Path) -> float:
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
-def _joined(pred_path: str, pred_mtime: float, labels_path: str, labels_mtime: float,
-            classes: tuple[str, ...] | None) -> tuple[pd.DataFrame, list[str]]:
-    labels = read_labels(labels_path).df
-    return load_joined(pred_path, labels, list(classes) if classes else None)
+def _predictions(path: str, mtime: float) -> pd.DataFrame:
+    return read_predictions(path)
 
 
-def joined_predictions(pred_path: Path, labels_path: Path, model_dir: Path) -> tuple[pd.DataFrame, list[str]]:
-    """Predictions joined with labels, cached until either file changes; classes from model.json if present."""
-    classes = model_classes(model_dir)
-    return _joined(str(pred_path), _mtime(pred_path), str(labels_path), _mtime(labels_path),
-                   tuple(classes) if classes else None)
+def predictions(path: Path) -> pd.DataFrame:
+    """A predictions CSV (validated), cached until the file changes; ``InputError`` naming the file otherwise."""
+    return _predictions(str(path), _mtime(path))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _given(path: str, mtime: float) -> pd.DataFrame:
+    return read_labels(path).df
+
+
+def given_labels(path: Path | None) -> pd.DataFrame | None:
+    """The labels file's table (for ``given_label`` and breakdown columns), cached until it changes."""
+    return _given(str(path), _mtime(path)) if path is not None and path.is_file() else None
+
+
+def classes_for(preds: pd.DataFrame, model_dir: Path) -> list[str]:
+    """The model's classes (model.json) or, for predictions made elsewhere, those of the predictions' columns."""
+    return model_classes(model_dir) or classes_of(preds)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def _thumb(path: str, mtime: float, size: int, cache_dir: str | None) -> bytes | None:
     from core.errors import SlideLensError
-    from core.slides import open_slide
+    from core.slide_thumbnails import quick_thumbnail
 
-    try:
-        img = open_slide(path, cache_dir=cache_dir).thumbnail(size)
+    try:  # the slide's ready-made thumbnail file (UBC-OCEAN), else the slide; None: an image not converted yet
+        img = quick_thumbnail(path, size, cache_dir)
     except (SlideLensError, OSError):
+        return None
+    if img is None:
         return None
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=80)
@@ -151,11 +167,27 @@ def impact_figure(impact: pd.DataFrame, top: int = 10) -> go.Figure:
 
 
 def table_with_download(df: pd.DataFrame, name: str, key: str, **kwargs: object) -> None:
-    """Show a table and a CSV download button for exactly what is shown (in a container keyed ``<key>_box``)."""
+    """Show a table and a CSV download button for exactly what is shown (in a container keyed ``<key>_box``).
+
+    ``name`` may hold user text (a labels-file column): it is shown as text and made safe as a file name.
+    """
+    safe = re.sub(r"[^\w.-]+", "_", name).strip("._") or "table"
     with st.container(key=f"{key}_box"):
         st.dataframe(df, hide_index=True, **kwargs)
-        st.download_button(f"Download {name}.csv", df.to_csv(index=False).encode(), file_name=f"{name}.csv",
+        st.download_button(f"Download {md(safe)}.csv", df.to_csv(index=False).encode(), file_name=f"{safe}.csv",
                            mime="text/csv", key=f"{key}_csv", on_click="ignore")
+
+
+VIEWER_COLUMN = {"viewer": st.column_config.LinkColumn("viewer", display_text="open", width="small",
+                                                       help="open the slide in the viewer with this model's attention")}
+
+
+def with_viewer_links(df: pd.DataFrame, version: str) -> pd.DataFrame:
+    """``df`` with a ``viewer`` link column right after ``image_id`` (never the column a narrow table cuts)."""
+    out = df.copy()
+    out.insert(1 if "image_id" in out.columns else 0, "viewer",
+               [viewer_link(i, version) for i in out["image_id"]] if "image_id" in out.columns else [])
+    return out
 
 
 def figure_downloads(fig: go.Figure, name: str, key: str) -> None:

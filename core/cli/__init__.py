@@ -27,6 +27,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
                 module.register(sub, argv)
             else:
                 module.register(sub)
+    from core.cli.examples import add_examples
+
+    add_examples(parser)
     return parser
 
 

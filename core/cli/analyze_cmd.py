@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import pandas as pd
 from tqdm import tqdm
 
-from core.errors import InputError
+from core.errors import InputError, SlideLensError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("analyze", help="metrics, confusion, error impact and label issues for a model's predictions",
                        description="Writes metrics.json, confusion.csv, impact.csv and label_issues.csv into --out.")
-    p.add_argument("--predictions", type=Path, help="predictions CSV (image_id,pred,prob_<class>...)")
+    p.add_argument("--predictions", type=Path, help="predictions CSV (image_id,pred,prob_<class>...), or a model / "
+                   "results version folder, or a folder of versions (the newest)")
     p.add_argument("--labels", type=Path, help="labels CSV (image_id,label,...)")
     p.add_argument("--cohort", type=Path, help="cohort.toml (instead of --predictions/--labels)")
     p.add_argument("--version", help="model version in the cohort (default: the latest)")
@@ -24,18 +26,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _inputs(args: argparse.Namespace) -> tuple[Path, Path, list[str] | None]:
-    """(predictions path, labels path, model classes or None) from the arguments."""
+def _joined(args: argparse.Namespace) -> tuple[pd.DataFrame, list[str], str]:
+    """(predictions joined with labels, classes, where they came from). With ``--cohort`` the labels are the
+    reviewed labels of the cohort's database, as on every page; with ``--labels`` that file as it is."""
+    from core.analysis_io import load_joined, resolve_predictions_arg
+    from core.labels import read_labels
+
     if args.cohort is None:
         if args.predictions is None or args.labels is None:
             raise InputError("analyze: give --predictions and --labels, or --cohort")
-        return args.predictions, args.labels, None
-    from core.analysis_io import model_classes, predictions_path
+        pred, note = resolve_predictions_arg(args.predictions)
+        if note:
+            print(note, file=sys.stderr)
+        df, classes = load_joined(pred, read_labels(args.labels).df)
+        return df, classes, f"{pred} against {args.labels}"
+    from core.analysis_io import model_classes, predictions_path, version_analysis
     from core.cohort import load_cohort
     from core.models import versions_with_predictions
+    from core.review import open_cohort_store
 
     cohort = load_cohort(args.cohort)
-    if cohort.labels is None:
+    if cohort.labels is None and args.labels is None:
         raise InputError(f"{cohort.source}: the cohort has no labels file")
     versions = versions_with_predictions(cohort.models, cohort.results)
     if not versions:
@@ -43,19 +54,31 @@ def _inputs(args: argparse.Namespace) -> tuple[Path, Path, list[str] | None]:
     version = args.version or versions[-1]
     if version not in versions:
         raise InputError(f"{cohort.models}: no version {version!r} (have: {', '.join(versions)})")
-    pred = args.predictions or predictions_path(cohort.models, cohort.results, version, args.source)
-    return pred, args.labels or cohort.labels, model_classes(cohort.models / version)
+    if args.predictions is not None or args.labels is not None:  # explicit files: used as they are
+        pred, note = resolve_predictions_arg(args.predictions) if args.predictions else (None, None)
+        pred = pred or predictions_path(cohort.models, cohort.results, version, args.source)
+        labels = args.labels or cohort.labels
+        df, classes = load_joined(pred, read_labels(labels).df, model_classes(cohort.models / version))
+        return df, classes, f"{pred} against {labels}"
+    source = "out-of-fold" if args.source == "oof" else "final model"
+    try:
+        store = open_cohort_store(cohort)
+    except SlideLensError as exc:  # e.g. predictions made elsewhere for a cohort without its slides here
+        print(f"note: no review database ({exc}); scoring against {cohort.labels} as it is", file=sys.stderr)
+        pred = predictions_path(cohort.models, cohort.results, version, args.source)
+        df, classes = load_joined(pred, read_labels(cohort.labels).df, model_classes(cohort.models / version))
+        return df, classes, f"{version} ({source}) against {cohort.labels}"
+    df, classes = version_analysis(cohort, store, version, args.source)
+    return df, classes, f"{version} ({source}) against the reviewed labels of {cohort.name}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.analysis_io import load_joined, write_report
-    from core.labels import read_labels
+    from core.analysis_io import write_report
 
-    pred_path, labels_path, classes = _inputs(args)
-    labels: pd.DataFrame = read_labels(labels_path).df
-    df, classes = load_joined(pred_path, labels, classes)
+    df, classes, what = _joined(args)
     if not df["scored"].any():
-        raise InputError(f"{pred_path}: no prediction matches a labelled slide in {labels_path}")
+        raise InputError(f"{what}: no prediction matches a labelled slide")
+    print(f"scoring {what}", file=sys.stderr)
     with tqdm(total=100, desc="analyze", unit="%") as bar:
         def progress(frac: float, msg: str) -> None:
             bar.set_postfix_str(msg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from tqdm import tqdm
@@ -16,7 +17,7 @@ from core.store import open_store
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="write the reviewed labels CSV (+ .manifest.json) for retraining")
     p.add_argument("--cohort", type=Path, default=None, help="cohort TOML (default: $SLIDELENS_COHORT or the demo)")
-    p.add_argument("--out", type=Path, required=True, help="labels CSV to write, e.g. labels_v2.csv")
+    p.add_argument("--out", type=Path, required=True, help="labels CSV to write, e.g. labels_v2.csv (a folder: labels_reviewed.csv in it)")
     p.add_argument("--db", default=None, help="database URL (default: the cohort's)")
     p.set_defaults(func=cmd_export)
 
@@ -30,7 +31,11 @@ def cmd_export(args: argparse.Namespace) -> int:
             bar.set_postfix_str(msg)
             bar.refresh()
 
-        res = export_labels(cohort, store, args.out, progress=progress)
+        out = args.out
+        if out.is_dir():
+            out = out / "labels_reviewed.csv"
+            print(f"{args.out} is a folder: writing {out}", file=sys.stderr)
+        res = export_labels(cohort, store, out, progress=progress)
     print(res.summary())
     print(f"manifest: {res.manifest_path}")
     return 0

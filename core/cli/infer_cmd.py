@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from core.errors import InputError
@@ -10,7 +11,7 @@ from core.errors import InputError
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("infer", help="predict slides with a trained model (probabilities, attention, OOD score)")
-    p.add_argument("--model", type=Path, help="model folder (models/vNNN-<model>)")
+    p.add_argument("--model", type=Path, help="model folder (models/vNNN-<model>), or a folder of versions (the newest)")
     p.add_argument("--features", type=Path, help="folder of <image_id>.h5 features files")
     p.add_argument("--out", type=Path, help="output folder for predictions.csv and attention/")
     p.add_argument("--cohort", type=Path, help="cohort.toml: results go to <results>/<version>/")
@@ -24,20 +25,26 @@ def run(args: argparse.Namespace) -> int:
     from core.cli.train_cmd import _tqdm_progress
     from core.config import resolve_device
     from core.infer import infer_features, load_model
-    from core.models import resolve_model_dir
+    from core.models import resolve_model_arg, resolve_model_dir
 
     if args.cohort is not None:
         from core.cohort import load_cohort
 
         cohort = load_cohort(args.cohort)
-        model_dir = args.model or resolve_model_dir(cohort.models, args.version)
+        model_dir, note = resolve_model_arg(args.model) if args.model else \
+            (resolve_model_dir(cohort.models, args.version), None)
+        if note:
+            print(note, file=sys.stderr)
         features = args.features or cohort.features
         loaded = load_model(model_dir, device=resolve_device(args.device))
         out = args.out or Path(cohort.results) / loaded.version
     else:
         if args.model is None or args.features is None or args.out is None:
             raise InputError("infer: give --model, --features and --out (or --cohort)")
-        loaded = load_model(args.model, device=resolve_device(args.device))
+        model_dir, note = resolve_model_arg(args.model)
+        if note:
+            print(note, file=sys.stderr)
+        loaded = load_model(model_dir, device=resolve_device(args.device))
         features, out = args.features, args.out
     progress, bar = _tqdm_progress(f"infer {loaded.version}")
     try:
