@@ -18,7 +18,7 @@ from pathlib import Path
 from core.cohort import Cohort, load_cohort
 
 STAGES = ("demo", "features", "train", "infer", "database")
-# rough seconds per stage on a 2-core CPU for the default cohort; only used before a stage reports progress
+# rough seconds per stage on a 2-core CPU for the default cohort; scaled by the speed measured on this machine
 ESTIMATE_S = {"demo": 150.0, "features": 480.0, "train": 60.0, "infer": 15.0, "database": 5.0}
 TINY_ESTIMATE_S = {"demo": 8.0, "features": 60.0, "train": 20.0, "infer": 3.0, "database": 2.0}
 
@@ -44,21 +44,35 @@ class FirstRunStatus:
     done: bool = False
     tiny: bool = False
     updated: float = 0.0
+    measured: dict[str, float] = field(default_factory=dict)  # seconds of stages an earlier run finished here
 
-    def eta_seconds(self) -> float:
-        """Time left: the running stage extrapolated from its progress, pending stages from estimates."""
+    def durations(self) -> dict[str, float]:
+        """Seconds each stage finished in this run took (skipped stages aside)."""
+        return {st.name: st.finished - st.started for st in self.stages
+                if st.status == "done" and st.started and st.finished and st.name in ESTIMATE_S}
+
+    def eta_seconds(self, now: float | None = None) -> float:
+        """Time left. The running stage blends its prior estimate with an extrapolation from its own progress
+        (trusted more as it advances); stages still pending use the rough estimates scaled by this machine's
+        measured speed (finished stages, this run's and an earlier run's, and the running one so far)."""
         est = TINY_ESTIMATE_S if self.tiny else ESTIMATE_S
-        now = time.time()
-        left = 0.0
+        now = time.time() if now is None else now
+        took = {**self.measured, **self.durations()}
+        spent, planned = sum(took.values()), sum(est[n] for n in took)
+        running: list[tuple[StageStatus, float, float, float]] = []  # (stage, elapsed, observed total, weight)
         for st in self.stages:
             if st.status == "running":
-                elapsed = now - (st.started or now)
-                if st.fraction > 0.05:
-                    left += elapsed * (1 - st.fraction) / st.fraction
-                else:
-                    left += max(est[st.name] - elapsed, est[st.name] * 0.2)
-            elif st.status == "pending":
-                left += est[st.name]
+                elapsed = max(now - (st.started or now), 0.0)
+                w = st.fraction ** 0.5 if st.fraction >= 0.02 and elapsed >= 2 else 0.0
+                observed = elapsed / st.fraction if w else 0.0
+                running.append((st, elapsed, observed, w))
+                spent, planned = spent + w * observed, planned + w * est[st.name]
+        speed = min(max(spent / planned, 0.25), 8.0) if planned > 0 else 1.0
+        left = 0.0
+        for st, elapsed, observed, w in running:
+            total = (1 - w) * est[st.name] * speed + w * observed
+            left += max(total - elapsed, 0.05 * elapsed, 1.0)
+        left += sum(est[st.name] * speed for st in self.stages if st.status == "pending")
         return left
 
 
@@ -98,23 +112,48 @@ def _write_status(cohort_dir: Path, status: FirstRunStatus) -> None:
     os.replace(tmp, p)
 
 
-def demo_is_complete(cohort_dir: Path) -> bool:
-    """True when the demo cohort has its slides, a model and predictions (the app can open it directly)."""
-    from core.models import latest_version
+def demo_missing(cohort_dir: Path) -> list[str]:
+    """What the demo cohort still lacks for the app to open it (empty when complete): its slides, the patch
+    features of every slide, and at least one model version with predictions. A newer version without predictions
+    (a retrain in progress, failed or killed) does not make the demo incomplete."""
+    from core.errors import SlideLensError
+    from core.models import list_versions
 
     toml = cohort_dir / "cohort.toml"
     if not toml.is_file():
-        return False
-    cohort = load_cohort(toml)
-    version = latest_version(cohort.models)
-    return version is not None and (cohort.results / version / "predictions.csv").is_file()
+        return [f"the demo cohort ({toml})"]
+    try:
+        cohort = load_cohort(toml)
+        ids = list(cohort.slide_paths)
+    except SlideLensError as exc:
+        return [str(exc)]
+    missing: list[str] = [] if ids else [f"slides (none in {', '.join(map(str, cohort.slide_sources))})"]
+    no_features = [i for i in ids if not (cohort.features / f"{i}.h5").is_file()]
+    if no_features:
+        missing.append(f"patch features of {len(no_features)} of {len(ids)} slides (e.g. {no_features[0]})")
+    versions = [str(m["version"]) for m in list_versions(cohort.models)]
+    if not any((cohort.results / v / "predictions.csv").is_file() for v in versions):
+        missing.append(f"predictions of {versions[-1]}" if versions else "a trained model")
+    return missing
+
+
+def demo_is_complete(cohort_dir: Path) -> bool:
+    """True when the demo cohort has its slides, their features and a model version with predictions."""
+    return not demo_missing(cohort_dir)
+
+
+def fix_command(cohort_dir: Path, tiny: bool = False) -> str:
+    """The command that builds (or resumes) the demo cohort in ``cohort_dir``."""
+    return f"python -m core firstrun --out {cohort_dir}" + (" --tiny" if tiny else "")
 
 
 def run_first_run(cohort_dir: Path, tiny: bool = False, seed: int = 0, model: str = "abmil",
                   on_update: Callable[[FirstRunStatus], None] | None = None) -> Cohort:
     """Build whatever of the demo cohort is missing, stage by stage, reporting progress."""
+    earlier = read_status(cohort_dir)
+    measured = {} if earlier is None or earlier.tiny != tiny else {**earlier.measured, **earlier.durations()}
     status = FirstRunStatus(cohort=str(cohort_dir), stages=[StageStatus(n) for n in STAGES], pid=os.getpid(),
-                            tiny=tiny)
+                            tiny=tiny, measured=measured)
     stages = {s.name: s for s in status.stages}
 
     def publish() -> None:
@@ -161,9 +200,7 @@ def run_first_run(cohort_dir: Path, tiny: bool = False, seed: int = 0, model: st
 
 
 def _pipeline(cohort_dir: Path, tiny: bool, seed: int, model: str, run) -> Cohort:
-    from core.backbones import create_backbone
     from core.demo import build_demo
-    from core.features import extract_cohort
     from core.infer import ensure_results
     from core.models import latest_version
     from core.train import train_model
@@ -174,23 +211,47 @@ def _pipeline(cohort_dir: Path, tiny: bool, seed: int, model: str, run) -> Cohor
     run("demo", lambda p: build_demo(cohort_dir, seed=seed, tiny=tiny, progress=p, **counts), skip=toml.is_file())
     cohort = load_cohort(toml)
     missing = [i for i in cohort.slide_paths if not (cohort.features / f"{i}.h5").is_file()]
-
-    def extract(p: Callable[[float, str], None]) -> None:
-        backbone = create_backbone("efficientnet_lite0")
-        extract_cohort({i: cohort.slide_paths[i] for i in missing}, cohort.features, backbone,
-                       patch_size=cohort.patch_size, target_mpp=cohort.target_mpp, min_tissue=cohort.min_tissue,
-                       default_mpp=cohort.default_mpp, mpp_overrides=cohort.mpp_overrides,
-                       cache_dir=cohort.cache_dir, progress=p)
-
-    run("features", extract, skip=not missing)
+    run("features", lambda p: _extract(cohort, missing, p), skip=not missing)
+    # a model version already there (an earlier run, or a retrain) is kept: only its missing predictions are made
     version = latest_version(cohort.models)
     run("train", lambda p: train_model(cohort.features, cohort.labels, model=model, out_dir=cohort.models,
                                        progress=p), skip=version is not None)
     version = latest_version(cohort.models)
-    run("infer", lambda p: ensure_results(cohort, version, progress=p),
-        skip=(cohort.results / version / "predictions.csv").is_file())
+    run("infer", lambda p: ensure_results(cohort, version, progress=p), skip=not _results_missing(cohort, version))
     run("database", lambda p: sync_database(cohort, p), skip=False)
     return cohort
+
+
+def _extract(cohort: Cohort, ids: list[str], progress: Callable[[float, str], None]) -> None:
+    """Features of ``ids``, one slide at a time so the message says which ('slide 12 of 54 · ...')."""
+    from core.backbones import create_backbone
+    from core.errors import InputError
+    from core.features import extract_cohort
+
+    backbone = create_backbone("efficientnet_lite0")
+    failed: dict[str, str] = {}
+    for k, image_id in enumerate(ids):
+        def sub(frac: float, msg: str, k: int = k) -> None:
+            progress((k + min(max(frac, 0.0), 1.0)) / len(ids), f"slide {k + 1} of {len(ids)} · {msg}")
+
+        report = extract_cohort({image_id: cohort.slide_paths[image_id]}, cohort.features, backbone,
+                                patch_size=cohort.patch_size, target_mpp=cohort.target_mpp,
+                                min_tissue=cohort.min_tissue, default_mpp=cohort.default_mpp,
+                                mpp_overrides=cohort.mpp_overrides, cache_dir=cohort.cache_dir, progress=sub)
+        failed.update(report.failed)
+    if failed:
+        first = next(iter(failed.items()))
+        raise InputError(f"features failed for {len(failed)} slide(s), e.g. {first[0]}: {first[1]}")
+
+
+def _results_missing(cohort: Cohort, version: str) -> list[str]:
+    """Slides with features but no prediction row or attention file for ``version``."""
+    from core.infer import ATTENTION_DIR, PREDICTIONS_CSV, read_predictions
+
+    out = cohort.results / version
+    done = set(read_predictions(out / PREDICTIONS_CSV)["image_id"].astype(str))
+    ids = sorted(p.stem for p in cohort.features.glob("*.h5")) if cohort.features.is_dir() else []
+    return [i for i in ids if i not in done or not (out / ATTENTION_DIR / f"{i}.h5").is_file()]
 
 
 def sync_database(cohort: Cohort, progress: Callable[[float, str], None] | None = None) -> None:

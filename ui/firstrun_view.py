@@ -10,7 +10,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.firstrun import STAGES, is_running, progress_path, read_status
+from core.firstrun import STAGES, demo_is_complete, demo_missing, fix_command, is_running, progress_path, read_status
+from ui.safe import md
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,10 +26,11 @@ def start_first_run(cohort_dir: Path) -> None:
     if os.environ.get("SLIDELENS_DEMO_TINY") == "1":
         cmd.append("--tiny")
     with open(log, "ab") as fh:
-        subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-    # wait briefly for the child to publish its first status, so the screen does not flash 'not started'
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    # wait briefly for the child to publish its first status, so the screen shows neither 'not started' nor the
+    # last build's status
     deadline = time.time() + 5
-    while time.time() < deadline and read_status(cohort_dir) is None:
+    while time.time() < deadline and getattr(read_status(cohort_dir), "pid", None) != proc.pid:
         time.sleep(0.2)
 
 
@@ -43,13 +45,30 @@ def first_run_screen(cohort_dir: Path) -> None:
              "extracts patch features, trains an attention-MIL model and predicts every slide. "
              "This happens once; later starts reuse everything.")
     status = read_status(cohort_dir)
-    if status is None or (not is_running(status) and not status.done):
+    if status is not None and status.done and not is_running(status):
+        # the last build finished, yet something is missing (deleted files, a model version without predictions):
+        # say what and offer to resume, never rerun the app in a loop
+        if not _incomplete(cohort_dir, "firstrun_resume"):
+            return
+    elif status is None or not is_running(status):
         if status is not None and status.error:
-            st.error(f"The last build stopped: {status.error}")
+            st.error(md(f"The last build stopped: {status.error}"))
             if not st.button("Try again", key="firstrun_retry"):
                 return
         start_first_run(cohort_dir)
     _progress_fragment(cohort_dir)
+
+
+def _incomplete(cohort_dir: Path, key: str) -> bool:
+    """Say what the demo lacks and how to fix it; True when the user resumed the build (it is then running)."""
+    if st.button("Resume the build", key=key, type="primary"):
+        start_first_run(cohort_dir)
+        return True
+    missing = demo_missing(cohort_dir)
+    st.warning(md("The demo cohort is incomplete: " + ("; ".join(missing) or "it changed since the last build")
+                  + ". Resume the build with the button above, or run:"))
+    st.code(fix_command(cohort_dir, os.environ.get("SLIDELENS_DEMO_TINY") == "1"), language="bash")
+    return False
 
 
 @st.fragment(run_every=1.0)
@@ -59,10 +78,16 @@ def _progress_fragment(cohort_dir: Path) -> None:
         st.info("Starting…")
         return
     if status.done:
+        # one app rerun per finished build opens the pages; if the gate still finds something missing the app
+        # lands on the first-run screen again, which then shows what is missing instead of rerunning
+        if st.session_state.get("firstrun_opened") == status.updated or not demo_is_complete(cohort_dir):
+            _incomplete(cohort_dir, "firstrun_resume_live")
+            return
+        st.session_state["firstrun_opened"] = status.updated
         st.success("Demo cohort ready.")
         st.rerun(scope="app")
     if status.error:
-        st.error(f"Build failed: {status.error}")
+        st.error(md(f"Build failed: {status.error}"))
         st.caption(f"Log: {progress_path(cohort_dir).with_suffix('.log')}")
         return
     st.metric("Estimated time left", _fmt_eta(status.eta_seconds()))

@@ -32,7 +32,7 @@ def cmd_firstrun(args: argparse.Namespace) -> int:
             if bar is None:
                 bar = bars[st.name] = tqdm(total=100, desc=f"{st.name:9s}", unit="%", leave=True)
             bar.n = int(round(st.fraction * 100))
-            bar.set_postfix_str(f"{st.message[:40]} | ~{status.eta_seconds():.0f}s left", refresh=True)
+            bar.set_postfix_str(f"{st.message[:64]} | ~{status.eta_seconds():.0f}s left", refresh=True)
             if st.status in ("done", "skipped", "failed") and not bar.disable:
                 bar.close()
                 bar.disable = True
