@@ -2,6 +2,8 @@
 
 Sources: suspected label issues (out-of-fold predictions, ``core.analysis_issues.rank_label_issues``), likely
 outliers (OOD score over the model's threshold), low-confidence predictions, and second-opinion flags from the store.
+Labels and predictions follow ``core.slide_table``'s rule: the label is the reviewed label, ``pred`` / ``confidence``
+are out-of-fold where the slide has one (``pred_source`` says which), the final model's prediction is ``final_pred``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ from core.store import Store, SyncReport, open_store
 LOW_CONFIDENCE = 0.6
 ISSUE_SCORE = 0.5  # normalized margin above 0.5: another class is more likely than the given one
 SOURCES = ("label_issue", "outlier", "low_confidence", "second_opinion")
-QUEUE_COLUMNS = ["image_id", "label", "pred", "confidence", "ood_score", "reasons", "n_reasons", "priority",
-                 "suggested_label", "issue_rank", *SOURCES, "flagged_outlier", "exclude", "reviewed", "version"]
+QUEUE_COLUMNS = ["image_id", "label", "pred", "pred_source", "confidence", "final_pred", "ood_score", "reasons",
+                 "n_reasons", "priority", "suggested_label", "issue_rank", *SOURCES, "flagged_outlier", "exclude",
+                 "reviewed", "version"]
 
 
 @dataclass(frozen=True)
@@ -50,13 +53,21 @@ def model_versions(cohort: Cohort) -> list[str]:
     return [str(m["version"]) for m in list_versions(cohort.models)]
 
 
+def default_model_version(cohort: Cohort) -> str | None:
+    """The model version pages open by default: the newest with predictions (``core.models.default_version``), so a
+    newer version still without predictions (a retrain in progress, failed or killed) is never the default."""
+    from core.models import default_version
+
+    return default_version(cohort.models, cohort.results, among=model_versions(cohort))
+
+
 def load_model_view(cohort: Cohort, version: str | None = None) -> ModelView:
-    """Read a version's model.json and predictions (the latest version when ``None``; empty when there is none)."""
+    """Read a version's model.json and predictions (:func:`default_model_version` when ``None``; empty when there is
+    no model)."""
     if version is None:
-        versions = model_versions(cohort)
-        if not versions:
+        version = default_model_version(cohort)
+        if version is None:
             return ModelView(None, {}, pd.DataFrame(), pd.DataFrame())
-        version = versions[-1]
     from core.models import read_model_meta
 
     mdir = Path(cohort.models) / version
@@ -86,11 +97,6 @@ def open_cohort_store(cohort: Cohort, sync: bool = True) -> Store:
     return store
 
 
-def _probs(df: pd.DataFrame) -> pd.DataFrame:
-    cols = [c for c in df.columns if str(c).startswith("prob_")]
-    return df[cols].apply(pd.to_numeric, errors="coerce")
-
-
 def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
                 low_confidence: float = LOW_CONFIDENCE, issue_score: float = ISSUE_SCORE,
                 view: ModelView | None = None) -> pd.DataFrame:
@@ -101,16 +107,11 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
         return pd.DataFrame(columns=QUEUE_COLUMNS)
     q = states.rename(columns={"outlier": "flagged_outlier"}).set_index("image_id")
     q["reviewed"] = q["updated_by"].notna() & (q["updated_by"] != "import")
-    preds = view.predictions if not view.predictions.empty else view.oof
-    q["pred"], q["confidence"], q["ood_score"] = None, np.nan, np.nan
-    if not preds.empty:
-        p = preds.set_index(preds["image_id"].astype(str))
-        p = p[~p.index.duplicated()]
-        common = q.index.intersection(p.index)
-        q.loc[common, "pred"] = p.loc[common, "pred"].astype(str)
-        q.loc[common, "confidence"] = _probs(p.loc[common]).max(axis=1)
-        if "ood_score" in p.columns:
-            q.loc[common, "ood_score"] = pd.to_numeric(p.loc[common, "ood_score"], errors="coerce")
+    from core.slide_table import reviewed_labels, slide_table
+
+    table = slide_table(list(q.index), reviewed_labels(store), view).set_index("image_id")
+    for col in ("pred", "pred_source", "confidence", "final_pred", "ood_score"):
+        q[col] = table[col]
     q["suggested_label"], q["issue_rank"], q["issue_score"] = None, np.nan, np.nan
     if not view.oof.empty and len(view.classes) >= 2:
         from core.analysis import join_predictions
@@ -134,14 +135,14 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
     for image_id, r in q.iterrows():
         why, score = [], 0.0
         if r["label_issue"]:
-            why.append(f"label issue #{int(r['issue_rank'])}: model suggests {r['suggested_label']!r} "
-                       f"(score {r['issue_score']:.2f})")
+            why.append(f"label issue #{int(r['issue_rank'])}: out-of-fold prediction suggests "
+                       f"{r['suggested_label']!r} (score {r['issue_score']:.2f})")
             score += 1.0 + float(r["issue_score"])
         if r["outlier"]:
             why.append(f"likely outlier: OOD score {r['ood_score']:.3g} > threshold {thr:.3g}")
             score += 1.5
         if r["low_confidence"]:
-            why.append(f"low confidence: {r['confidence']:.2f} < {low_confidence:.2f}")
+            why.append(f"low confidence ({r['pred_source']}): {r['confidence']:.2f} < {low_confidence:.2f}")
             score += 0.5 + (low_confidence - float(r["confidence"]))
         if r["second_opinion"]:
             who = store_last_flagger(store, str(image_id))
@@ -173,17 +174,43 @@ def filter_queue(q: pd.DataFrame, sources: list[str] | None = None, hide_reviewe
     return q[keep].reset_index(drop=True)
 
 
+TRAIN_SHARE = 0.8  # of a retrain's progress bar; the rest is the new version's predictions and attention
+
+
+def _scaled(progress: Any, lo: float, hi: float, label: str) -> Any:
+    if progress is None:
+        return None
+    return lambda f, m="": progress(lo + (hi - lo) * min(max(float(f), 0.0), 1.0), f"{label} · {m}" if m else label)
+
+
 def retrain(cohort: Cohort, store: Store, labels_csv: str | Path, model: str = "abmil",
-            progress: Any = None, **train_kw: Any) -> str:
-    """Train a new model version on a labels file, register it and its out-of-fold predictions; returns the version."""
+            progress: Any = None, predict: bool = True, **train_kw: Any) -> str:
+    """Train a new model version on a labels file, compute its predictions and attention on every slide with
+    features (``core.infer.ensure_results``; skipped when not ``predict``), then register it and record its
+    out-of-fold predictions; returns the version.
+
+    When the predictions fail the version is still registered, and ``InputError`` says how to compute them.
+    """
+    from core.errors import InputError, SlideLensError
+    from core.infer import ensure_results
     from core.train import train_model
 
     labels_csv = Path(labels_csv)
-    out = train_model(cohort.features, labels_csv, model=model, out_dir=cohort.models, progress=progress, **train_kw)
-    meta = json.loads((Path(out) / "model.json").read_text())
-    meta["version"] = meta.get("version") or Path(out).name
-    store.register_model_version(meta)
-    oof = Path(out) / "oof_predictions.csv"
-    if oof.is_file():
-        store.record_predictions(str(meta["version"]), pd.read_csv(oof, dtype={"image_id": str}))
-    return str(meta["version"])
+    out = Path(train_model(cohort.features, labels_csv, model=model, out_dir=cohort.models,
+                           progress=_scaled(progress, 0.0, TRAIN_SHARE if predict else 1.0, "training"), **train_kw))
+    meta = json.loads((out / "model.json").read_text())
+    meta["version"] = version = str(meta.get("version") or out.name)
+    try:
+        if predict:
+            ensure_results(cohort, version, progress=_scaled(progress, TRAIN_SHARE, 1.0, "predictions and attention"))
+    except SlideLensError as exc:
+        args = (f"--cohort {cohort.source} --version {version}" if cohort.source else
+                f"--model {out} --features {cohort.features} --out {Path(cohort.results) / version}")
+        raise InputError(f"{version} was trained but its predictions failed ({exc}); compute them with "
+                         f"`python -m core infer {args}`") from exc
+    finally:
+        store.register_model_version(meta)
+        oof = out / "oof_predictions.csv"
+        if oof.is_file():
+            store.record_predictions(version, pd.read_csv(oof, dtype={"image_id": str}))
+    return version

@@ -14,17 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import create_engine, event, func, insert, select, update
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy import create_engine, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from core import store_schema as S
 from core.errors import InputError
 from core.labels import LabelTable, read_labels
+from core.store_engine import Txn as _Txn
+from core.store_engine import sqlite_engine as _sqlite_engine
+from core.store_models import ModelsMixin
 from core.store_types import (  # noqa: F401 - re-exported: the store's public types live here
     _COLUMN,
     FIELDS,
     FLAGS,
+    IMPORT,
     MAX_NOTE,
     OTHER,
     AuditRow,
@@ -35,13 +39,15 @@ from core.store_types import (  # noqa: F401 - re-exported: the store's public t
     _enc,
     _reviewer,
     now_iso,
+    replay,
     safe_url,
+    undo_target,
 )
 
 IMPORT_ATTEMPTS = 3  # a concurrent first import is retried: the retry sees the other's rows and skips them
 
 
-class Store:
+class Store(ModelsMixin):
     """The review database behind one SQLAlchemy engine (thread-safe; one per process is enough)."""
 
     def __init__(self, engine: Engine) -> None:
@@ -76,7 +82,7 @@ class Store:
 
     # -- import -----------------------------------------------------------------------------------------------
     def sync_slides(self, cohort_or_ids: Any, labels_table: LabelTable | None = None,
-                    reviewer: str = "import") -> SyncReport:
+                    reviewer: str = IMPORT) -> SyncReport:
         """Add slides not yet in the database with their imported label state (audit reason 'import'); all or nothing.
 
         ``cohort_or_ids``: a ``Cohort`` (its slides; its labels file unless ``labels_table`` is given) or image ids.
@@ -141,7 +147,7 @@ class Store:
                     if f in r:
                         version += 1
                         audit.append(dict(image_id=image_id, field=f, old_value=None, new_value=_enc(f, r[f]),
-                                          reviewer=reviewer, changed_at=at, reason="import", state_version=version))
+                                          reviewer=reviewer, changed_at=at, reason=IMPORT, state_version=version))
                 conn.execute(insert(S.label_state).values(
                     image_id=image_id, label=r.get("label"), outlier=bool(r.get("outlier")),
                     excluded=bool(r.get("exclude")), second_opinion=bool(r.get("second_opinion")),
@@ -177,17 +183,15 @@ class Store:
                     for image_id, changes, based_on in edits]
 
     def _edit_in(self, conn: Connection, image_id: str, changes: Mapping[str, Any], based_on_version: int,
-                 who: str, reason: str, model_version: str | None, at: str) -> SlideState:
-        cur = _state(conn, image_id)
-        if cur is None:
-            raise InputError(f"slide {image_id!r} is not in the review database")
-        if cur.version != based_on_version:
-            raise ConflictError(self._conflict_message(conn, cur, based_on_version))
+                 who: str, reason: str, model_version: str | None, at: str, keep_same: bool = False) -> SlideState:
+        cur = self._current(conn, image_id, based_on_version)
         version = cur.version
         values: dict[str, Any] = {}
         audit = []
         for f, new in changes.items():
             new = str(new or "") if f == "note" else (bool(new) if f in FLAGS else new)
+            if _enc(f, new) == _enc(f, getattr(cur, f)) and not keep_same:
+                continue  # an unchanged value is not an edit: no audit row, the slide does not count as reviewed
             version += 1
             audit.append(dict(image_id=image_id, field=f, old_value=_enc(f, getattr(cur, f)),
                               new_value=_enc(f, new), reviewer=who, changed_at=at, reason=reason,
@@ -195,9 +199,23 @@ class Store:
             values[_COLUMN[f]] = new
         if not audit:
             return cur
+        return self._apply(conn, cur, values, audit, at, who, based_on_version)
+
+    def _current(self, conn: Connection, image_id: str, based_on_version: int) -> SlideState:
+        cur = _state(conn, image_id)
+        if cur is None:
+            raise InputError(f"slide {image_id!r} is not in the review database")
+        if cur.version != based_on_version:
+            raise ConflictError(self._conflict_message(conn, cur, based_on_version))
+        return cur
+
+    def _apply(self, conn: Connection, cur: SlideState, values: dict[str, Any], audit: list[dict[str, Any]],
+               at: str | None, who: str | None, based_on_version: int) -> SlideState:
+        """Write the new state (only if still at ``cur.version``) and its audit rows."""
+        image_id = cur.image_id
         res = conn.execute(update(S.label_state)
                            .where(S.label_state.c.image_id == image_id, S.label_state.c.version == cur.version)
-                           .values(**values, version=version, updated_at=at, updated_by=who))
+                           .values(**values, version=audit[-1]["state_version"], updated_at=at, updated_by=who))
         if res.rowcount != 1:  # another writer slipped in between (PostgreSQL read committed)
             raise ConflictError(self._conflict_message(conn, _state(conn, image_id) or cur, based_on_version))
         try:
@@ -206,6 +224,52 @@ class Store:
             raise ConflictError(f"slide {image_id!r} was changed by someone else at the same moment; "
                                 "reload and try again") from exc
         return _state(conn, image_id) or cur
+
+    def accept_label(self, image_id: str, reviewer: str | None, reason: str, based_on_version: int,
+                     model_version: str | None = None) -> SlideState:
+        """Confirm the slide's current label: one audit row (old = new) that marks the slide as reviewed."""
+        who = _reviewer(reviewer)
+        reason = " ".join(str(reason or "").split())
+        with self._write() as conn:
+            cur = self._current(conn, image_id, int(based_on_version))
+            if not cur.label:
+                raise InputError(f"slide {image_id!r} has no label to accept; choose one")
+            return self._edit_in(conn, image_id, {"label": cur.label}, cur.version, who, reason, model_version,
+                                 now_iso(), keep_same=True)
+
+    def undo(self, image_id: str, reviewer: str | None, based_on_version: int, audit_id: int | None = None,
+             reason: str = "", model_version: str | None = None) -> tuple[SlideState, list[AuditRow]]:
+        """Revert the slide's last edit (every field one action changed) by writing the old values back as new audit
+        rows (reason 'undo of #id'; the log itself is never changed). Refused with ``ConflictError`` if the slide
+        moved past ``based_on_version``; ``audit_id``, when given, must belong to that last edit. Undoing again
+        steps further back. Returns the new state and the rows that were reverted."""
+        who = _reviewer(reviewer)
+        extra = " ".join(str(reason or "").split())
+        at = now_iso()
+        with self._write() as conn:
+            cur = self._current(conn, image_id, int(based_on_version))
+            rows = [_audit(r) for r in conn.execute(select(S.audit_log).where(S.audit_log.c.image_id == image_id)
+                                                    .order_by(S.audit_log.c.id)).mappings()]
+            target = undo_target(rows)
+            if target is None:
+                raise InputError(f"slide {image_id!r}: nothing to undo (no edit since the import)")
+            if audit_id is not None and int(audit_id) not in {r.id for r in target}:
+                raise InputError(f"slide {image_id!r}: #{audit_id} is not its last edit "
+                                 f"(#{', #'.join(str(r.id) for r in target)} is); only the last edit can be undone")
+            for r in target:
+                if _enc(r.field, getattr(cur, r.field)) != r.new_value:
+                    raise ConflictError(f"slide {image_id!r}: {r.field} is no longer {r.new_value!r}; not undone")
+            _, before = replay(rows)
+            restore_at, restore_by = before[target[0].id]
+            values: dict[str, Any] = {}
+            audit = []
+            for k, r in enumerate(reversed(target), start=1):
+                values[_COLUMN[r.field]] = _dec(r.field, r.old_value)
+                audit.append(dict(image_id=image_id, field=r.field, old_value=r.new_value, new_value=r.old_value,
+                                  reviewer=who, changed_at=at, reason=f"undo of #{r.id}" + (f": {extra}" if extra
+                                                                                            else ""),
+                                  model_version=model_version, state_version=cur.version + k, undoes=r.id))
+            return self._apply(conn, cur, values, audit, restore_at, restore_by, int(based_on_version)), target
 
     def set_label(self, image_id: str, new_label: str, reviewer: str | None, reason: str, based_on_version: int,
                   model_version: str | None = None) -> SlideState:
@@ -278,7 +342,7 @@ class Store:
             states = {r["image_id"]: _row_state(r) for r in conn.execute(select(S.label_state)).mappings()}
             max_id = int(conn.execute(select(func.max(S.audit_log.c.id))).scalar() or 0)
             counts = dict(conn.execute(select(S.audit_log.c.reviewer, func.count())
-                                       .where(S.audit_log.c.reason != "import")
+                                       .where(S.audit_log.c.reason != IMPORT)
                                        .group_by(S.audit_log.c.reviewer)).all())
         return states, max_id, {k: int(v) for k, v in counts.items()}
 
@@ -289,81 +353,8 @@ class Store:
             q = q.where(S.audit_log.c.id <= up_to_id)
         with self._read() as conn:
             ids = conn.execute(select(S.slides.c.image_id)).scalars().all()
-            out: dict[str, dict[str, Any]] = {i: {"image_id": i, "label": None} for i in ids}
-            for r in conn.execute(q).mappings():
-                st = out.setdefault(r["image_id"], {"image_id": r["image_id"], "label": None})
-                st[r["field"]] = _dec(r["field"], r["new_value"])
-                st["version"] = int(r["state_version"])
-                st["updated_at"], st["updated_by"] = r["changed_at"], r["reviewer"]
-        return {k: SlideState(**v) for k, v in out.items()}
-
-    # -- models and predictions -------------------------------------------------------------------------------
-    def register_model_version(self, meta: Mapping[str, Any]) -> None:
-        """Record a model version from its model.json content (idempotent: re-registering updates it)."""
-        version = str(meta.get("version") or "")
-        if not version:
-            raise InputError("model metadata has no 'version'")
-        row = dict(model=str(meta.get("model", "")), classes=json.dumps(list(meta.get("classes", []))),
-                   created=meta.get("created"), meta=json.dumps(dict(meta), default=str), registered_at=now_iso())
-        with self._write() as conn:
-            exists = conn.execute(select(S.model_versions.c.version)
-                                  .where(S.model_versions.c.version == version)).first()
-            if exists:
-                conn.execute(update(S.model_versions).where(S.model_versions.c.version == version).values(**row))
-            else:
-                conn.execute(insert(S.model_versions).values(version=version, **row))
-
-    def model_versions(self) -> list[dict[str, Any]]:
-        """Registered model versions, oldest first (each is its model.json content)."""
-        with self._read() as conn:
-            rows = conn.execute(select(S.model_versions).order_by(S.model_versions.c.version)).mappings().all()
-        return [json.loads(r["meta"]) for r in rows]
-
-    def record_predictions(self, version: str, df: pd.DataFrame) -> int:
-        """Store a predictions table (image_id, pred, prob_<class>..., ood_score) for a model version."""
-        if "image_id" not in df.columns:
-            raise InputError(f"predictions for {version}: no image_id column")
-        probs = [c for c in df.columns if c.startswith("prob_")]
-        rows = [dict(model_version=version, image_id=str(r["image_id"]), pred=None if pd.isna(r.get("pred"))
-                     else str(r.get("pred")), probs=json.dumps({c[5:]: float(r[c]) for c in probs}),
-                     ood_score=None if "ood_score" not in df.columns or pd.isna(r["ood_score"])
-                     else float(r["ood_score"])) for r in df.to_dict("records")]
-        with self._write() as conn:
-            conn.execute(S.predictions.delete().where(S.predictions.c.model_version == version))
-            if rows:
-                conn.execute(insert(S.predictions), rows)
-        return len(rows)
-
-    def predictions(self, version: str) -> pd.DataFrame:
-        """A stored predictions table in the predictions.csv layout."""
-        with self._read() as conn:
-            rows = conn.execute(select(S.predictions).where(S.predictions.c.model_version == version)).mappings().all()
-        recs = [{"image_id": r["image_id"], "pred": r["pred"],
-                 **{f"prob_{k}": v for k, v in json.loads(r["probs"]).items()}, "ood_score": r["ood_score"]}
-                for r in rows]
-        return pd.DataFrame(recs)
-
-
-class _Txn:
-    """Context manager: a connection inside one transaction, committed on success, closed always."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> Connection:
-        self.tx = self.conn.begin()
-        return self.conn
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        try:
-            if exc_type is None:
-                self.tx.commit()
-            else:
-                self.tx.rollback()
-        finally:
-            self.conn.close()
-        if isinstance(exc, OperationalError):
-            raise InputError(f"database error: {str(exc.orig).splitlines()[0]}") from exc
+            states, _ = replay((_audit(r) for r in conn.execute(q).mappings()), ids)
+        return {k: SlideState(**v) for k, v in states.items()}
 
 
 def _put_meta(conn: Connection, name: str, value: str) -> None:
@@ -387,29 +378,8 @@ def _state(conn: Connection, image_id: str) -> SlideState | None:
 def _audit(r: Mapping[str, Any]) -> AuditRow:
     return AuditRow(id=int(r["id"]), image_id=r["image_id"], field=r["field"], old_value=r["old_value"],
                     new_value=r["new_value"], reviewer=r["reviewer"], at=r["changed_at"], reason=r["reason"] or "",
-                    model_version=r.get("model_version"), state_version=int(r["state_version"]))
-
-
-def _sqlite_engine(url: str) -> Engine:
-    u = make_url(url)
-    if u.database and u.database != ":memory:":
-        Path(u.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _rec: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (below)
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql(conn.get_execution_options().get("sqlite_begin", "BEGIN"))
-
-    return engine
+                    model_version=r.get("model_version"), state_version=int(r["state_version"]),
+                    undoes=None if r.get("undoes") is None else int(r["undoes"]))
 
 
 def open_store(url: str) -> Store:

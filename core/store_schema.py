@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -64,6 +64,7 @@ audit_log = Table(
     Column("reason", Text, nullable=False, default=""),
     Column("state_version", Integer, nullable=False),  # the slide's version after this change
     Column("model_version", String(128), nullable=True),  # v2: the model version the reviewer was looking at
+    Column("undoes", Integer, nullable=True),  # v3: the audit row an undo reverts (the log itself is never changed)
     UniqueConstraint("image_id", "state_version", name="uq_audit_slide_version"),
 )
 
@@ -121,7 +122,13 @@ def _v2(conn: Connection) -> None:
         "pred VARCHAR(255), probs TEXT NOT NULL, ood_score FLOAT, PRIMARY KEY (model_version, image_id))"))
 
 
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2}
+def _v3(conn: Connection) -> None:
+    """Undo: an audit row may name the row it reverts."""
+    if "undoes" not in {c["name"] for c in inspect(conn).get_columns("audit_log")}:
+        conn.execute(text("ALTER TABLE audit_log ADD COLUMN undoes INTEGER"))
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def _serial(conn: Connection) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -14,6 +15,7 @@ FLAGS = ("outlier", "exclude", "second_opinion")
 FIELDS = ("label", *FLAGS, "note")
 OTHER = "Other"
 MAX_NOTE = 5000
+IMPORT = "import"  # the reason (and default reviewer) of rows written by sync_slides
 _COLUMN = {"label": "label", "outlier": "outlier", "exclude": "excluded", "second_opinion": "second_opinion",
            "note": "note"}
 
@@ -51,12 +53,14 @@ class AuditRow:
     reason: str
     model_version: str | None
     state_version: int
+    undoes: int | None = None  # the audit row this one reverts (written by ``Store.undo``)
 
     def describe(self) -> str:
         """'alice changed label 'A' -> 'B' at <time> (reason)' in one line."""
         why = f" ({self.reason})" if self.reason else ""
         when = self.at[:19].replace("T", " ") + " UTC"
-        return f"{self.reviewer} changed {self.field} {self.old_value!r} -> {self.new_value!r} at {when}{why}"
+        verb = f"undid #{self.undoes}:" if self.undoes is not None else "changed"
+        return f"{self.reviewer} {verb} {self.field} {self.old_value!r} -> {self.new_value!r} at {when}{why}"
 
 
 @dataclass(frozen=True)
@@ -111,3 +115,43 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - a malformed URL is reported by open_store
         return url
+
+
+def actions(rows: Sequence[AuditRow]) -> list[list[AuditRow]]:
+    """One slide's audit rows (oldest first) grouped into actions: the rows one edit (or one undo) wrote together."""
+    out: list[list[AuditRow]] = []
+    for r in rows:
+        last = out[-1][-1] if out else None
+        if (last is not None and (last.at, last.reviewer, last.reason) == (r.at, r.reviewer, r.reason)
+                and (last.undoes is None) == (r.undoes is None) and r.state_version == last.state_version + 1):
+            out[-1].append(r)
+        else:
+            out.append([r])
+    return out
+
+
+def undo_target(rows: Sequence[AuditRow]) -> list[AuditRow] | None:
+    """The action an undo reverts: the slide's newest edit that is neither an undo nor undone (None: the slide is
+    as imported). Undoing again steps further back, like an editor's undo."""
+    undone = {r.undoes for r in rows if r.undoes is not None}
+    for act in reversed(actions(rows)):
+        if act[0].undoes is not None or any(r.id in undone for r in act):
+            continue
+        return None if act[0].reason == IMPORT else act
+    return None
+
+
+def replay(rows: Iterable[AuditRow], ids: Iterable[str] = ()) -> tuple[dict[str, dict[str, Any]],
+                                                                        dict[int, tuple[str | None, str | None]]]:
+    """Replay audit rows (oldest first) into state fields per slide; also ``(updated_at, updated_by)`` before each
+    row by id. An undo row puts back who/when the slide stood at before the row it reverts, so an undone edit no
+    longer counts the slide as reviewed."""
+    out: dict[str, dict[str, Any]] = {i: {"image_id": i, "label": None} for i in ids}
+    before: dict[int, tuple[str | None, str | None]] = {}
+    for r in rows:
+        st = out.setdefault(r.image_id, {"image_id": r.image_id, "label": None})
+        before[r.id] = (st.get("updated_at"), st.get("updated_by"))
+        st[r.field] = _dec(r.field, r.new_value)
+        st["version"] = r.state_version
+        st["updated_at"], st["updated_by"] = before.get(r.undoes, (r.at, r.reviewer))  # type: ignore[arg-type]
+    return out, before

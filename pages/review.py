@@ -14,15 +14,18 @@ import streamlit as st
 
 from core.errors import SlideLensError
 from core.export import export_labels
+from core.models import default_index
 from core.review import SOURCES, build_queue, filter_queue, load_model_view, model_versions, retrain
+from core.slide_table import reviewed_labels, slide_table
 from ui.context import current_cohort
 from ui.review_panel import cohort_store, relabel_panel, reviewer_input
+from ui.safe import md
 
 SOURCE_NAMES = {"label_issue": "Label issues", "outlier": "Likely outliers", "low_confidence": "Low confidence",
                 "second_opinion": "Second opinion"}
 SORTS = {"priority": ("priority", False), "confidence (lowest first)": ("confidence", True),
          "OOD score (highest first)": ("ood_score", False), "slide id": ("image_id", True)}
-TABLE_COLS = ["image_id", "label", "pred", "confidence", "ood_score", "reasons", "reviewed"]
+TABLE_COLS = ["image_id", "label", "pred", "pred_source", "confidence", "ood_score", "reasons", "reviewed"]
 
 
 @st.cache_resource(show_spinner=False)
@@ -44,7 +47,7 @@ def _start_retrain(cohort: Any, model: str, out: Path) -> None:
         try:
             store = cohort_store(cohort)
             res = export_labels(cohort, store, out)
-            job["msg"] = f"training {model} on {res.rows} labels"
+            job["msg"] = f"training {model} on {res.rows} labels"  # then its predictions and attention (retrain)
             job["version"] = retrain(cohort, store, out, model=model, progress=progress)
         except SlideLensError as exc:
             job["error"] = str(exc)
@@ -65,7 +68,8 @@ def _retrain_progress(url: str) -> None:
         if job["error"]:
             st.error(job["error"])
         else:
-            st.success(f"New model version {job['version']} registered; compare it on the error-analysis page.")
+            st.success(f"New model version {job['version']} registered with its predictions and attention; "
+                       "compare it on the error-analysis page.")
         return
     st.progress(min(job["frac"], 1.0), text=f"{job['msg']} ({time.time() - job['started']:.0f} s)")
 
@@ -104,9 +108,14 @@ def export_retrain(cohort: Any) -> None:
         job = _jobs().get(cohort.database)
         running = bool(job and not job["done"])
         if st.button("Retrain on the reviewed labels", key="rv_retrain", disabled=running,
-                     help="Exports the labels to the file above, trains a new model version in the background."):
+                     help="Exports the labels to the file above, trains a new model version in the background "
+                          "and predicts every slide with it."):
             _start_retrain(cohort, model, out)
         _retrain_progress(cohort.database)
+
+
+def _goto(image_id: str) -> None:
+    st.session_state["rv_slide"] = image_id
 
 
 def main() -> None:
@@ -115,22 +124,23 @@ def main() -> None:
         cohort = current_cohort()
         store = cohort_store(cohort)
     except SlideLensError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     top = st.columns([2, 1])
     reviewer_input(top[0])
     versions = model_versions(cohort)
-    version = (top[1].selectbox("Model version", versions, index=len(versions) - 1, key="rv_version")
+    version = (top[1].selectbox("Model version", versions, key="rv_version",
+                                index=default_index(versions, cohort.models, cohort.results))
                if versions else None)
     try:
         view = load_model_view(cohort, version)
         queue_all = build_queue(cohort, store, version, view=view)
     except SlideLensError as exc:
-        st.error(str(exc))
+        st.error(md(exc))
         return
     if not versions:
         st.info("No model yet: the queue shows second-opinion flags only. Train one with `python -m core train`.")
-    f1, f2, f3, f4 = st.columns([3, 2, 2, 1])
+    f1, f2, f3, f4 = st.columns([3, 2, 2, 1], vertical_alignment="bottom")
     sources = f1.multiselect("Show", list(SOURCES), default=list(SOURCES), key="rv_sources",
                              format_func=SOURCE_NAMES.get)
     sort = f2.selectbox("Sort by", list(SORTS), key="rv_sort")
@@ -140,35 +150,36 @@ def main() -> None:
     col, asc = SORTS[sort]
     queue = queue.sort_values(col, ascending=asc, na_position="last", kind="stable", ignore_index=True)
     ids = queue["image_id"].tolist()
-    st.caption(f"{len(queue)} of {len(queue_all)} slides in the queue "
-               f"({int(queue_all['reviewed'].sum())} reviewed so far)")
-    left, right = st.columns([1, 1])
-    with left:
-        st.dataframe(queue[TABLE_COLS], hide_index=True, key="rv_table", on_select=partial(_on_table_select, ids),
-                     selection_mode="single-row", width="stretch",
-                     column_config={"confidence": st.column_config.NumberColumn(format="%.2f"),
-                                    "ood_score": st.column_config.NumberColumn("OOD score", format="%.3g"),
-                                    "reasons": st.column_config.TextColumn(width="large")})
-        all_ids = queue_all["image_id"].tolist()
-        wanted = st.query_params.get("slide")
-        if wanted in all_ids and not st.session_state.get("rv_from_url"):  # /review?slide=<id> opens that slide
-            st.session_state["rv_slide"], st.session_state["rv_from_url"] = wanted, True
-        if st.session_state.get("rv_slide") not in all_ids:
-            st.session_state["rv_slide"] = ids[0] if ids else (all_ids[0] if all_ids else None)
-        options = ids + [i for i in all_ids if i not in ids]  # any slide can be reviewed, the queue comes first
-        image_id = st.selectbox("Slide", options, key="rv_slide", help="queue slides first, then all others")
-        export_retrain(cohort)
-    if not image_id:
-        return
-    row = queue_all.set_index("image_id").loc[image_id]
-    preds = view.predictions if not view.predictions.empty else view.oof
-    pred_row = preds.loc[preds["image_id"].astype(str) == image_id].iloc[0].to_dict() if not preds.empty and \
-        (preds["image_id"].astype(str) == image_id).any() else None
-    with right:
-        relabel_panel(cohort, image_id, model_version=version, prediction=pred_row,
+    st.caption(f"{len(queue)} of {len(queue_all)} slides in the queue ({int(queue_all['reviewed'].sum())} reviewed "
+               "so far). Label = the reviewed label; prediction and confidence are out-of-fold (by a model that did "
+               "not train on the slide: what errors are judged on) unless 'from' says final model.")
+    st.dataframe(queue[TABLE_COLS], hide_index=True, key="rv_table", on_select=partial(_on_table_select, ids),
+                 selection_mode="single-row", width="stretch", height=min(36 * (len(queue) + 1) + 2, 300),
+                 column_config={"image_id": st.column_config.TextColumn("slide", width="small"),
+                                "label": st.column_config.TextColumn("label (reviewed)", width="medium"),
+                                "pred": st.column_config.TextColumn("prediction", width="small"),
+                                "pred_source": st.column_config.TextColumn("from", width="small"),
+                                "confidence": st.column_config.NumberColumn(format="%.2f", width="small"),
+                                "ood_score": st.column_config.NumberColumn("OOD score", format="%.3g",
+                                                                           width="small"),
+                                "reasons": st.column_config.TextColumn("why in the queue", width="large"),
+                                "reviewed": st.column_config.CheckboxColumn(width="small")})
+    all_ids = queue_all["image_id"].tolist()
+    wanted = st.query_params.get("slide")
+    if wanted in all_ids and not st.session_state.get("rv_from_url"):  # /review?slide=<id> opens that slide
+        st.session_state["rv_slide"], st.session_state["rv_from_url"] = wanted, True
+    if st.session_state.get("rv_slide") not in all_ids:
+        st.session_state["rv_slide"] = ids[0] if ids else (all_ids[0] if all_ids else None)
+    options = ids + [i for i in all_ids if i not in ids]  # any slide can be reviewed, the queue comes first
+    image_id = st.columns([1, 2])[0].selectbox("Slide", options, key="rv_slide",
+                                               help="queue slides first, then all others")
+    if image_id:
+        row = queue_all.set_index("image_id").loc[image_id]
+        pred = slide_table([image_id], reviewed_labels(store), view).iloc[0].to_dict() if view.version else None
+        relabel_panel(cohort, image_id, model_version=version, prediction=pred,
                       reasons=str(row["reasons"]) if pd.notna(row["reasons"]) else "",
                       on_done=partial(_next_slide, ids, image_id), key="rv", shortcuts=True,
-                      ask_name=False)
-
+                      ask_name=False, on_undo=_goto, wide=True)
+    export_retrain(cohort)
 
 main()

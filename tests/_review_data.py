@@ -59,3 +59,17 @@ def make_review_cohort(root: Path, db_url: str | None = None, with_model: bool =
         (root / "results" / VERSION).mkdir(parents=True, exist_ok=True)
         (root / "results" / VERSION / "predictions.csv").write_text(_preds(2))
     return root / "cohort.toml"
+
+
+def set_final_predictions(root: Path, p_tumor: dict[str, float]) -> None:
+    """Rewrite the final model's predictions.csv with other p_tumor values for some slides (out-of-fold kept)."""
+    path = root / "results" / VERSION / "predictions.csv"
+    lines = path.read_text().splitlines()
+    out = [lines[0]]
+    for line in lines[1:]:
+        image_id, *_rest, ood = line.split(",")
+        if image_id in p_tumor:
+            p = p_tumor[image_id]
+            line = f"{image_id},{'tumor' if p >= 0.5 else 'normal'},{1 - p:.4f},{p:.4f},{ood}"
+        out.append(line)
+    path.write_text("\n".join(out) + "\n")

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from _review_data import OOD_THRESHOLD, SLIDES, make_review_cohort
+from _review_data import OOD_THRESHOLD, SLIDES, make_review_cohort, set_final_predictions
 
 from core.cli import main
 from core.cohort import Cohort, load_cohort
@@ -40,9 +40,11 @@ def test_queue_mixes_sources_with_reasons(cohort: Cohort, store: Store) -> None:
     queue = filter_queue(q)
     by_id = queue.set_index("image_id")
     assert set(by_id.index) == {"s01", "s02", "s03", "s06"}
-    assert "label issue #1: model suggests 'tumor'" in by_id.loc["s01", "reasons"]
+    assert "label issue #1: out-of-fold prediction suggests 'tumor'" in by_id.loc["s01", "reasons"]
     assert f"OOD score 9 > threshold {OOD_THRESHOLD:g}" in by_id.loc["s02", "reasons"]
-    assert "low confidence: 0.54" in by_id.loc["s03", "reasons"]
+    # the rule of core.slide_table: judged on the out-of-fold prediction (0.55), not the final model's (0.54)
+    assert "low confidence (out-of-fold): 0.55" in by_id.loc["s03", "reasons"]
+    assert (by_id.loc["s03", "pred_source"], by_id.loc["s03", "final_pred"]) == ("out-of-fold", "tumor")
     assert by_id.loc["s06", "reasons"] == "second opinion requested by ann"
     assert queue["priority"].is_monotonic_decreasing
     assert list(filter_queue(q, ["outlier"])["image_id"]) == ["s02"]
@@ -52,6 +54,19 @@ def test_queue_mixes_sources_with_reasons(cohort: Cohort, store: Store) -> None:
     # the relabelled slide is no longer a label issue, and 'hide reviewed' drops the reviewed ones
     assert not q2.set_index("image_id").loc["s01", "label_issue"]
     assert set(filter_queue(q2, hide_reviewed=True)["image_id"]) == {"s02", "s03"}
+
+
+def test_queue_judges_out_of_fold_and_keeps_the_final_model_apart(cohort: Cohort, store: Store) -> None:
+    """The queue's prediction is the out-of-fold one (what errors are judged on), the final model's is final_pred;
+    the label is the reviewed label."""
+    set_final_predictions(cohort.root, {"s01": 0.2, "s04": 0.3})  # the final model now disagrees on two slides
+    _edit(store, "s04", "ann", label="normal")
+    q = build_queue(cohort, store).set_index("image_id")
+    assert (q.loc["s01", "pred"], q.loc["s01", "pred_source"], q.loc["s01", "final_pred"]) == \
+        ("tumor", "out-of-fold", "normal")
+    assert q.loc["s01", "confidence"] == pytest.approx(0.96)
+    assert "out-of-fold prediction suggests 'tumor'" in q.loc["s01", "reasons"]
+    assert (q.loc["s04", "label"], q.loc["s04", "pred"], q.loc["s04", "final_pred"]) == ("normal", "tumor", "normal")
 
 
 def test_queue_without_a_model_lists_flags_only(tmp_path: Path) -> None:

@@ -339,3 +339,86 @@ def test_unreadable_database_is_one_clear_line(tmp_path: Path) -> None:
     bad.write_bytes(b"this is not a sqlite file at all" * 64)
     with pytest.raises(InputError, match=r"notadb.db: cannot open"):
         open_store(f"sqlite:///{bad}")
+
+
+def test_unchanged_values_are_not_edits(store: Store) -> None:
+    """Saving the value a field already has writes no audit row and does not mark the slide as reviewed."""
+    s = store.set_label("s1", "tumor", "ann", "first look", 0)
+    again = store.edit("s1", {"label": "tumor", "outlier": False, "note": ""}, "bob", "", s.version)
+    assert again == s and len(store.history("s1")) == 1 and store.state("s1").updated_by == "ann"
+    mixed = store.edit("s1", {"label": "tumor", "exclude": True}, "bob", "blurred", s.version)
+    assert mixed.version == 2 and [r.field for r in store.history("s1")] == ["label", "exclude"]
+    untouched = store.edit("s2", {"outlier": False}, "bob", "", 0)
+    assert (untouched.version, untouched.updated_by, store.history("s2")) == (0, None, [])
+    with pytest.raises(ConflictError):  # a no-op on a stale version is still refused: the reviewer saw old data
+        store.edit("s1", {"label": "tumor"}, "bob", "", 1)
+
+
+def test_accept_label_records_one_review_row(store: Store) -> None:
+    with pytest.raises(InputError, match="no label to accept"):
+        store.accept_label("s1", "ann", "", 0)
+    s = store.set_label("s1", "tumor", "import-bot", "x", 0)
+    s = store.accept_label("s1", "ann", "agree", s.version)
+    row = store.history("s1")[-1]
+    assert (s.version, s.updated_by, row.old_value, row.new_value, row.reason) == (2, "ann", "tumor", "tumor", "agree")
+
+
+def test_undo_writes_the_old_values_back_as_new_rows(store: Store) -> None:
+    s = store.set_label("s1", "tumor", "ann", "first look", 0)
+    s = store.edit("s1", {"label": "normal", "outlier": True, "note": "odd"}, "ann", "second look", s.version)
+    with pytest.raises(InputError, match="#1 is not its last edit"):
+        store.undo("s1", "ann", s.version, audit_id=1)
+    with pytest.raises(ConflictError, match="was changed since you loaded it"):
+        store.undo("s1", "ann", s.version - 1)
+    s, undone = store.undo("s1", "bob", s.version, audit_id=3, reason="wrong slide")
+    assert [r.id for r in undone] == [2, 3, 4]
+    assert (s.label, s.outlier, s.note, s.version) == ("tumor", False, "", 5 + 2)
+    hist = store.history("s1")
+    assert len(hist) == 7 and [r.id for r in hist[:4]] == [1, 2, 3, 4]  # the log only grows
+    assert [(r.field, r.old_value, r.new_value, r.undoes, r.reason, r.reviewer) for r in hist[4:]] == [
+        ("note", "odd", "", 4, "undo of #4: wrong slide", "bob"),
+        ("outlier", "1", "0", 3, "undo of #3: wrong slide", "bob"),
+        ("label", "normal", "tumor", 2, "undo of #2: wrong slide", "bob")]
+    assert s.updated_by == "ann"  # who/when the slide stood at before the undone edit
+    assert store.derive_state_from_audit() == store.states()
+    # undo again steps back past the first edit: the slide is as imported, no longer reviewed
+    s, undone = store.undo("s1", "bob", s.version)
+    assert [r.id for r in undone] == [1] and (s.label, s.updated_by, s.updated_at) == (None, None, None)
+    with pytest.raises(InputError, match="nothing to undo"):
+        store.undo("s1", "bob", s.version)
+    assert store.derive_state_from_audit() == store.states()
+    assert store.derive_state_from_audit(up_to_id=7)["s1"].label == "tumor"
+
+
+def test_undo_of_an_accept_and_of_an_import(store: Store, tmp_path: Path) -> None:
+    st = store
+    st.sync_slides(["a"], read_labels(_labels(tmp_path, "a,tumor,0\n")))
+    with pytest.raises(InputError, match="nothing to undo"):
+        st.undo("a", "ann", 1)  # the import is not an edit
+    s = st.accept_label("a", "ann", "", 1)
+    assert s.updated_by == "ann"
+    s, _ = st.undo("a", "ann", s.version)
+    assert (s.label, s.updated_by, s.version) == ("tumor", "import", 3)  # counts as not reviewed again
+    assert st.derive_state_from_audit() == st.states()
+
+
+def test_two_threads_undoing_at_once_exactly_one_wins(store: Store) -> None:
+    s = store.set_label("s3", "normal", "ann", "x", 0)
+    barrier = threading.Barrier(2)
+    results: list[str] = []
+
+    def undo(who: str) -> None:
+        barrier.wait()
+        try:
+            store.undo("s3", who, s.version)
+            results.append("ok")
+        except ConflictError as exc:
+            results.append(str(exc))
+
+    threads = [threading.Thread(target=undo, args=(w,)) for w in ("ann", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("ok") == 1, results
+    assert store.state("s3").label is None and len(store.history("s3")) == 2
