@@ -147,18 +147,29 @@ def load_attention_layer(cohort: Cohort, version: str, image_id: str, dims: tupl
 
 @dataclass(frozen=True)
 class OverlayStyle:
-    """How the overlay is drawn: class column, colour map, rescaling and top fraction shown."""
+    """How the overlay is drawn: class column, colour map, rescaling, top fraction shown, opacity that follows the
+    value (``fade``: low attention fades into the tissue) and ``render`` (patch blocks or a smooth map).
+
+    The defaults show where the model looks at a glance: the top 20% of patches by rank, the most attended the
+    most opaque, so the tissue stays visible under everything else.
+    """
 
     cls: int = 0
     cmap: str = "inferno"
-    scale: str = "percentile"
-    top: float = 1.0
+    scale: str = "rank"
+    top: float = 0.2
+    fade: bool = True
+    render: str = "blocks"
 
     @classmethod
     def from_query(cls, q: Any) -> OverlayStyle:
+        d = cls()
+        fade = str(q.get("fade", "1" if d.fade else "0")).lower()
+        if fade not in ("1", "0", "true", "false"):
+            raise TileError(400, f"fade must be 1 or 0, got {fade!r}")
         try:
-            style = cls(int(q.get("cls", 0)), str(q.get("cmap", "inferno")), str(q.get("scale", "percentile")),
-                        float(q.get("top", 1.0)))
+            style = cls(int(q.get("cls", d.cls)), str(q.get("cmap", d.cmap)), str(q.get("scale", d.scale)),
+                        float(q.get("top", d.top)), fade in ("1", "true"), str(q.get("render", d.render)))
         except ValueError as exc:
             raise TileError(400, f"invalid overlay parameter ({exc})") from None
         if style.cmap not in overlay.COLORMAPS:
@@ -167,29 +178,50 @@ class OverlayStyle:
             raise TileError(400, f"unknown rescaling {style.scale!r}")
         if not 0 < style.top <= 1:
             raise TileError(400, f"top must be in (0, 1], got {style.top}")
+        if style.render not in overlay.RENDERINGS:
+            raise TileError(400, f"unknown rendering {style.render!r}; choose one of {', '.join(overlay.RENDERINGS)}")
         return style
 
     def query(self) -> str:
-        return f"cls={self.cls}&cmap={self.cmap}&scale={self.scale}&top={self.top:g}"
+        return (f"cls={self.cls}&cmap={self.cmap}&scale={self.scale}&top={self.top:g}&fade={int(self.fade)}"
+                f"&render={self.render}")
+
+
+def _display(layer: AttentionLayer, style: OverlayStyle) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rescaled values, visible mask and per-patch opacity (uint8) of a layer under a style."""
+    scaled, visible = overlay.display_values(layer.column(style.cls), style.scale, style.top)
+    alpha = overlay.fade_alpha(scaled) if style.fade else np.full(len(scaled), 255, np.uint8)
+    return scaled, visible, alpha
 
 
 def layer_colors(layer: AttentionLayer, style: OverlayStyle) -> np.ndarray:
     """(N+1) x 4 RGBA table of a layer under a style (cached)."""
     def make() -> np.ndarray:
-        raw = layer.column(style.cls)
-        scaled, visible = overlay.display_values(raw, style.scale, style.top)
-        return overlay.patch_colors(scaled, overlay.colormap_lut(style.cmap), visible)
+        scaled, visible, alpha = _display(layer, style)
+        return overlay.patch_colors(scaled, overlay.colormap_lut(style.cmap), visible, alpha)
 
     return _colors.get_or((layer.key, style), make)
+
+
+def layer_smooth_grid(layer: AttentionLayer, style: OverlayStyle) -> overlay.SmoothGrid:
+    """The smooth rendering's patch-sized grid of a layer under a style (cached)."""
+    def make() -> overlay.SmoothGrid:
+        scaled, visible, alpha = _display(layer, style)
+        return overlay.smooth_grid(layer.raster, scaled, np.where(visible, alpha / 255.0, 0.0))
+
+    return _colors.get_or(("smooth", layer.key, style), make)
 
 
 def overlay_tile_png(layer: AttentionLayer, style: OverlayStyle, level: int, col: int, row: int) -> bytes:
     """One overlay tile as an RGBA PNG, on the slide's Deep Zoom grid."""
     check_tile(layer.raster.dimensions, level, col, row)
-    rgba = overlay.overlay_tile(layer.raster, layer_colors(layer, style), level, col, row)
+    if style.render == "smooth":
+        rgba = overlay.smooth_tile(layer_smooth_grid(layer, style), overlay.colormap_lut(style.cmap), level, col, row)
+    else:
+        rgba = overlay.overlay_tile(layer.raster, layer_colors(layer, style), level, col, row)
     if not rgba[..., 3].any():
         h, w = rgba.shape[:2]
-        return _blank_png.get_or((w, h), lambda: _png(rgba))
+        return _blank_png.get_or((w, h), lambda: _png(np.zeros((h, w, 4), np.uint8)))
     return _png(rgba)
 
 

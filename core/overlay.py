@@ -20,6 +20,7 @@ from core.errors import InputError
 
 MAX_CELLS = 64_000_000  # a raster larger than this is coarsened (only for patches at arbitrary offsets)
 RESCALE_METHODS = ("percentile", "rank", "minmax")
+RENDERINGS = ("blocks", "smooth")  # one flat square per patch, or bilinear between patch centres
 
 # Colour maps as control points (position, r, g, b), interpolated into 256-entry lookup tables.
 _CMAPS: dict[str, list[tuple[float, int, int, int]]] = {
@@ -182,14 +183,86 @@ def overlay_tile(raster: AttentionRaster, colors: np.ndarray, level: int, col: i
 
 
 def patch_colors(scaled: np.ndarray, lut: np.ndarray, visible: np.ndarray | None = None,
-                 alpha: int = 255) -> np.ndarray:
-    """(N+1) x 4 RGBA table from rescaled values in [0, 1]; hidden patches and the last row are transparent."""
+                 alpha: int | np.ndarray = 255) -> np.ndarray:
+    """(N+1) x 4 RGBA table from rescaled values in [0, 1]; hidden patches and the last row are transparent.
+
+    ``alpha`` is one opacity for every patch or one per patch (0..255, see ``fade_alpha``).
+    """
     scaled = np.clip(np.asarray(scaled, dtype=np.float64).ravel(), 0, 1)
     out = np.zeros((len(scaled) + 1, 4), np.uint8)
     out[:-1, :3] = lut[np.round(scaled * 255).astype(np.int64)]
     out[:-1, 3] = alpha
     if visible is not None:
         out[:-1][~np.asarray(visible, bool)] = 0
+    return out
+
+
+def fade_alpha(scaled: np.ndarray) -> np.ndarray:
+    """Per-patch opacity proportional to the rescaled value (uint8): low attention fades into the tissue."""
+    return np.round(np.clip(np.asarray(scaled, dtype=np.float64).ravel(), 0, 1) * 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class SmoothGrid:
+    """Patch-sized cells for the smooth rendering: premultiplied value and opacity, zero-padded by one cell."""
+
+    value: np.ndarray  # (rows + 2) x (cols + 2) float32, rescaled value x opacity
+    alpha: np.ndarray  # (rows + 2) x (cols + 2) float32, 0..1
+    origin: tuple[int, int]
+    cell: int  # level-0 pixels per cell side (about one patch)
+    dimensions: tuple[int, int]
+
+
+def smooth_grid(raster: AttentionRaster, scaled: np.ndarray, alpha: np.ndarray) -> SmoothGrid:
+    """Average a raster's cells into patch-sized cells (``alpha`` 0..1 per patch, 0 for hidden patches)."""
+    idx = raster.index
+    has = idx >= 0
+    safe = np.maximum(idx, 0)
+    a = np.where(has, np.asarray(alpha, np.float32)[safe], 0).astype(np.float32)
+    v = np.where(has, np.asarray(scaled, np.float32)[safe], 0).astype(np.float32) * a
+    f = max(1, -(-raster.patch_size_level0 // raster.cell))  # raster cells per patch side
+    rows, cols = -(-idx.shape[0] // f), -(-idx.shape[1] // f)
+
+    def block_mean(g: np.ndarray) -> np.ndarray:
+        pad = np.zeros((rows * f, cols * f), np.float32)
+        pad[:g.shape[0], :g.shape[1]] = g
+        out = np.zeros((rows + 2, cols + 2), np.float32)
+        out[1:-1, 1:-1] = pad.reshape(rows, f, cols, f).mean(axis=(1, 3))
+        return out
+
+    return SmoothGrid(block_mean(v), block_mean(a), raster.origin, raster.cell * f, raster.dimensions)
+
+
+def _bilinear(grid: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
+    rows, cols = grid.shape
+    y0 = np.floor(fy).astype(np.int64)
+    x0 = np.floor(fx).astype(np.int64)
+    ty = (fy - y0).astype(np.float32)[:, None]
+    tx = (fx - x0).astype(np.float32)[None, :]
+    y0c, y1c = np.clip(y0, 0, rows - 1)[:, None], np.clip(y0 + 1, 0, rows - 1)[:, None]
+    x0c, x1c = np.clip(x0, 0, cols - 1)[None, :], np.clip(x0 + 1, 0, cols - 1)[None, :]
+    top = grid[y0c, x0c] * (1 - tx) + grid[y0c, x1c] * tx
+    bottom = grid[y1c, x0c] * (1 - tx) + grid[y1c, x1c] * tx
+    return top * (1 - ty) + bottom * ty
+
+
+def smooth_tile(grid: SmoothGrid, lut: np.ndarray, level: int, col: int, row: int, tile_size: int = 254,
+                overlap: int = 1) -> np.ndarray:
+    """RGBA tile of the smooth rendering: colour and opacity interpolated bilinearly between patch centres."""
+    n_levels = dz_level_count(grid.dimensions)
+    x0, y0, w, h = tile_bounds(grid.dimensions, level, col, row, tile_size, overlap)
+    scale = 2 ** (n_levels - 1 - level)
+    # cell centres sit at integer positions of the padded grid (cell 0 of the data is index 1)
+    fx = ((np.arange(x0, x0 + w) + 0.5) * scale - grid.origin[0]) / grid.cell - 0.5 + 1
+    fy = ((np.arange(y0, y0 + h) + 0.5) * scale - grid.origin[1]) / grid.cell - 0.5 + 1
+    fx = np.clip(fx, 0, grid.value.shape[1] - 1)
+    fy = np.clip(fy, 0, grid.value.shape[0] - 1)
+    a = _bilinear(grid.alpha, fy, fx)
+    v = _bilinear(grid.value, fy, fx) / np.maximum(a, 1e-6)
+    out = np.zeros((h, w, 4), np.uint8)
+    out[..., :3] = lut[np.round(np.clip(v, 0, 1) * 255).astype(np.int64)]
+    out[..., 3] = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    out[out[..., 3] == 0] = 0
     return out
 
 

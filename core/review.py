@@ -20,6 +20,7 @@ from core.cohort import Cohort
 from core.store import Store, SyncReport, open_store
 
 LOW_CONFIDENCE = 0.6
+UNCERTAIN = 0.15  # spread (std) of the predicted class's probability over MC dropout draws or ensemble members
 ISSUE_SCORE = 0.5  # normalized margin above 0.5: another class is more likely than the given one
 SOURCES = ("label_issue", "outlier", "low_confidence", "second_opinion")
 QUEUE_COLUMNS = ["image_id", "label", "pred", "pred_source", "confidence", "final_pred", "ood_score", "reasons",
@@ -99,7 +100,7 @@ def open_cohort_store(cohort: Cohort, sync: bool = True) -> Store:
 
 def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
                 low_confidence: float = LOW_CONFIDENCE, issue_score: float = ISSUE_SCORE,
-                view: ModelView | None = None) -> pd.DataFrame:
+                view: ModelView | None = None, uncertain: float = UNCERTAIN) -> pd.DataFrame:
     """All slides with their queue reasons, most urgent first (filter ``n_reasons > 0`` for the queue proper)."""
     view = view or load_model_view(cohort, version)
     states = store.state_table()
@@ -109,7 +110,7 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
     q["reviewed"] = q["updated_by"].notna() & (q["updated_by"] != "import")
     from core.slide_table import reviewed_labels, slide_table
 
-    table = slide_table(list(q.index), reviewed_labels(store), view).set_index("image_id")
+    table = slide_table(list(q.index), reviewed_labels(store, states=states), view).set_index("image_id")
     for col in ("pred", "pred_source", "confidence", "final_pred", "ood_score"):
         q[col] = table[col]
     q["suggested_label"], q["issue_rank"], q["issue_score"] = None, np.nan, np.nan
@@ -130,9 +131,14 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
     q["outlier"] = (q["ood_score"] > thr).fillna(False) if thr is not None else False
     q.loc[~q["label_issue"], "suggested_label"] = None
     q["low_confidence"] = q["confidence"].notna() & (q["confidence"] < low_confidence)
+    spread = pd.to_numeric(table["uncertainty"], errors="coerce") if "uncertainty" in table else None
+    q["uncertain"] = (spread > uncertain).fillna(False) if spread is not None else False
     q["second_opinion"] = q["second_opinion"].astype(bool)
     reasons, priority = [], []
-    for image_id, r in q.iterrows():
+    cols = ["label_issue", "issue_rank", "suggested_label", "issue_score", "outlier", "ood_score", "low_confidence",
+            "pred_source", "confidence", "second_opinion"]
+    for image_id, *vals in q[cols].itertuples(name=None):  # itertuples: iterrows builds a Series per row
+        r = dict(zip(cols, vals, strict=True))
         why, score = [], 0.0
         if r["label_issue"]:
             why.append(f"label issue #{int(r['issue_rank'])}: out-of-fold prediction suggests "
@@ -144,6 +150,10 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
         if r["low_confidence"]:
             why.append(f"low confidence ({r['pred_source']}): {r['confidence']:.2f} < {low_confidence:.2f}")
             score += 0.5 + (low_confidence - float(r["confidence"]))
+        if r["uncertain"]:
+            why.append(f"uncertain: the final model's probability spreads {spread[image_id]:.2f} > {uncertain:.2f} "
+                       "over its MC dropout draws or ensemble members")
+            score += 0.5 + float(spread[image_id])
         if r["second_opinion"]:
             who = store_last_flagger(store, str(image_id))
             why.append("second opinion requested" + (f" by {who}" if who else ""))
@@ -151,6 +161,7 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
         reasons.append("; ".join(why))
         priority.append(round(score, 4))
     q["reasons"], q["priority"] = reasons, priority
+    q["low_confidence"] = q["low_confidence"] | q["uncertain"]  # shown under "Low confidence"
     q["n_reasons"] = q[list(SOURCES)].sum(axis=1).astype(int)
     q = q.reset_index().sort_values(["priority", "image_id"], ascending=[False, True], ignore_index=True)
     return q[QUEUE_COLUMNS]

@@ -28,13 +28,14 @@ TABLE_COLUMNS = ["image_id", "given_label", "label", "is_outlier", "exclude", "r
                  "confidence", "correct", "final_pred", "ood_score"]
 
 
-def reviewed_labels(store: Store, given: pd.DataFrame | None = None) -> pd.DataFrame:
+def reviewed_labels(store: Store | None, given: pd.DataFrame | None = None,
+                    states: pd.DataFrame | None = None) -> pd.DataFrame:
     """``image_id, label, is_outlier, exclude, reviewed`` from the store's current state (the truth on every page).
 
     Extra columns of ``given`` (the labels file: ``is_tma``, site, ...) are kept for breakdowns; its ``label`` is
-    returned as ``given_label``.
+    returned as ``given_label``. ``states`` is ``store.state_table()`` when the caller has read it already.
     """
-    states = store.state_table()
+    states = store.state_table() if states is None else states  # a caller that has the table passes it
     out = pd.DataFrame({
         "image_id": states["image_id"].astype(str),
         "label": states["label"],
@@ -95,8 +96,11 @@ def slide_table(ids: list[str], labels: pd.DataFrame, view: ModelView | None) ->
     probs = df[[f"prob_{c}" for c in classes]] if classes else pd.DataFrame(index=df.index)
     df["confidence"] = probs.max(axis=1) if classes else np.nan
     df["final_pred"] = idx.map(final["pred"]) if "pred" in final else None
-    ood = final["ood_score"] if "ood_score" in final else (oof["ood_score"] if "ood_score" in oof else None)
+    ood = final["ood_score"] if "ood_score" in final else oof.get("ood_score")
     df["ood_score"] = pd.to_numeric(idx.map(ood), errors="coerce") if ood is not None else np.nan
+    # spread of the final model's probability (MC dropout draws or ensemble members; NaN without draws)
+    df["uncertainty"] = (pd.to_numeric(idx.map(final["uncertainty"]), errors="coerce") if "uncertainty" in final
+                         else np.nan)
     judged = in_oof & df["label"].notna() & df["label"].isin(classes) & ~df["is_outlier"] & ~df["exclude"]
     df["correct"] = pd.Series(np.where(judged, df["pred"] == df["label"], None), index=df.index, dtype=object)
     first = [c for c in TABLE_COLUMNS if c in df.columns]

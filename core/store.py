@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from core import store_schema as S
 from core.errors import InputError
 from core.labels import LabelTable, read_labels
+from core.store_decks import DecksMixin
 from core.store_engine import Txn as _Txn
 from core.store_engine import sqlite_engine as _sqlite_engine
 from core.store_models import ModelsMixin
@@ -47,7 +47,7 @@ from core.store_types import (  # noqa: F401 - re-exported: the store's public t
 IMPORT_ATTEMPTS = 3  # a concurrent first import is retried: the retry sees the other's rows and skips them
 
 
-class Store(ModelsMixin):
+class Store(ModelsMixin, DecksMixin):
     """The review database behind one SQLAlchemy engine (thread-safe; one per process is enough)."""
 
     def __init__(self, engine: Engine) -> None:
@@ -319,8 +319,10 @@ class Store(ModelsMixin):
 
     def state_table(self) -> pd.DataFrame:
         """The states as a table (one row per slide)."""
-        rows = [asdict(s) for s in self.states().values()]
-        return pd.DataFrame(rows, columns=[f for f in SlideState.__dataclass_fields__])
+        fields = list(SlideState.__dataclass_fields__)
+        # plain tuples, not dataclasses.asdict (which deep-copies every field: 0.3 s per call at 1,000 slides)
+        rows = [tuple(getattr(s, f) for f in fields) for s in self.states().values()]
+        return pd.DataFrame.from_records(rows, columns=fields)
 
     def history(self, image_id: str | None = None, limit: int | None = None) -> list[AuditRow]:
         """The audit rows of one slide (or all), oldest first."""

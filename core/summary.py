@@ -107,12 +107,13 @@ def _review_part(cohort: Cohort, s: CohortSummary, view: ModelView | None, given
         return
     if states.empty:
         return
-    s.reviewed = len({row.image_id for row in store.history() if row.reviewer != "import"})
+    # reviewed = last changed by a reviewer (the queue's rule): an undone edit no longer counts, and no audit scan
+    s.reviewed = int((states["updated_by"].notna() & (states["updated_by"] != "import")).sum())
     if view is None or view.version is None:
         return
     try:
         classes = view.classes
-        labels = reviewed_labels(store, given)
+        labels = reviewed_labels(store, given, states=states)
         if not view.oof.empty:  # the same join and the same metric as the analysis page's default view
             joined = reviewed_join(view.oof, labels, classes)
             m = compute_metrics(joined, classes)

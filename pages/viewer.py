@@ -1,60 +1,36 @@
 """Viewer: one slide in OpenSeadragon with the model's attention laid over it, and what the model said about it.
 
-URL: ``/viewer?slide=<image_id>[&model=<version>]``; the slide id in the URL follows the user's choice.
+URL: ``/viewer?slide=<image_id>[&model=<version>]``; the URL follows the user's choice. An id or version that is not
+in the cohort is named on the page (as text) with the list to choose from; nothing else is opened in its place.
+Labels, predictions and errors follow core.slide_table, like every other page.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core import viewer_data as vd
 from core.cohort import Cohort
+from core.convert import ensure_slide
 from core.errors import SlideLensError
-from core.models import versions_with_predictions
-from core.tiles import OverlayStyle, attention_path, load_attention_layer, open_cohort_slide, register_cohort
+from core.models import default_version, versions_with_predictions
+from core.slide_table import OOF
+from core.slides import needs_conversion
+from core.tiles import attention_path, load_attention_layer, open_cohort_slide, register_cohort
+from ui import viewer_component as vc
 from ui.context import current_cohort
-from ui.viewer_component import overlay_data, slide_data, slide_viewer
+from ui.safe import md
 
 GALLERY_K = 6
-ALL = "All"
-
-
-# --- data (cached by file modification times) ------------------------------------------------------------
-def _mtime(path: Path | None) -> float:
-    return path.stat().st_mtime if path is not None and path.is_file() else 0.0
-
-
-@st.cache_data(show_spinner=False, max_entries=32)
-def _slide_table(cohort_src: str, ids: tuple[str, ...], labels: str | None, preds: str | None,
-                 _m: tuple[float, float]) -> pd.DataFrame:
-    df = pd.DataFrame({"image_id": list(ids)})
-    if labels and Path(labels).is_file():
-        lab = pd.read_csv(labels, dtype={"image_id": str})
-        if {"image_id", "label"} <= set(lab.columns):
-            df = df.merge(lab[["image_id", "label"]].drop_duplicates("image_id"), on="image_id", how="left")
-    if preds and Path(preds).is_file():
-        pr = pd.read_csv(preds, dtype={"image_id": str, "pred": str})
-        df = df.merge(pr.drop_duplicates("image_id"), on="image_id", how="left")
-    for col in ("label", "pred"):
-        if col not in df:
-            df[col] = None
-    df["correct"] = np.where(df["label"].notna() & df["pred"].notna(), df["label"] == df["pred"], None)
-    return df
-
-
-def slide_table(cohort: Cohort, version: str | None) -> pd.DataFrame:
-    """One row per slide: image_id, label, pred, correct, prob_<class>..., ood_score (where known)."""
-    preds = cohort.results / version / "predictions.csv" if version else None
-    return _slide_table(str(cohort.source or cohort.root), tuple(cohort.slide_paths),
-                        str(cohort.labels) if cohort.labels else None, str(preds) if preds else None,
-                        (_mtime(cohort.labels), _mtime(preds)))
+PICK = "viewer_pick"  # the chooser's selection state
+_SEEN = "_viewer_pick_seen"  # (selected rows, listed ids) as the chooser showed them last run
 
 
 def model_meta(cohort: Cohort, version: str | None) -> dict[str, Any]:
@@ -70,59 +46,117 @@ def model_meta(cohort: Cohort, version: str | None) -> dict[str, Any]:
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def _crop(image_id: str, cohort_name: str, x: int, y: int, size: int, out: int = 160) -> np.ndarray:
-    cohort = current_cohort()
-    slide = open_cohort_slide(cohort, image_id)
+def _crop(image_id: str, cohort_name: str, x: int, y: int, size: int, out: int = 160) -> Any:
+    import numpy as np
+
+    slide = open_cohort_slide(current_cohort(), image_id)
     level = slide.best_level_for_downsample(size / out)
     ds = slide.level_downsamples[level]
     img = slide.read_region((x, y), level, (max(1, round(size / ds)),) * 2)
     return np.asarray(img.resize((out, out)))
 
 
-# --- widgets --------------------------------------------------------------------------------------------
-def choose_slide(table: pd.DataFrame) -> str | None:
-    """Sidebar filters and the slide list; the chosen id is mirrored in the URL (?slide=)."""
+# --- model version and slide choice (the URL is the truth) ----------------------------------------------
+def _to_url(name: str, key: str) -> None:
+    if st.session_state.get(key):
+        st.query_params[name] = st.session_state[key]
+
+
+def choose_version(cohort: Cohort) -> tuple[str | None, bool]:
+    """The model version from ?model= (or the default); (None, False) when the URL names an unknown one."""
+    versions = versions_with_predictions(cohort.models, cohort.results)
+    wanted = st.query_params.get("model")
+    if wanted is not None and wanted not in versions:
+        choices = ", ".join(f"'{md(v)}'" for v in versions) or "none yet"
+        st.error(f"No model version '{md(wanted)}' in cohort '{md(cohort.name)}'. Choose one in the sidebar: "
+                 f"{choices}.")
+        st.session_state["viewer_version"] = None
+        st.sidebar.selectbox("Model version", versions, index=None, placeholder="choose a model version",
+                             key="viewer_version", on_change=_to_url, args=("model", "viewer_version"))
+        return None, False
+    if not versions:
+        return None, True
+    if wanted is not None:
+        st.session_state["viewer_version"] = wanted
+    elif st.session_state.get("viewer_version") not in versions:
+        st.session_state["viewer_version"] = default_version(cohort.models, cohort.results, among=versions)
+    version = st.sidebar.selectbox("Model version", versions, index=None, key="viewer_version",
+                                   on_change=_to_url, args=("model", "viewer_version"))
+    return version, True
+
+
+def _picked() -> str | None:
+    """The slide the user just picked in the chooser (a selection that differs from the one it was shown with)."""
+    state = st.session_state.get(PICK)
+    rows = list(state["selection"]["rows"]) if state else []
+    seen_rows, seen_ids = st.session_state.get(_SEEN, ([], []))
+    if rows and rows != seen_rows and rows[0] < len(seen_ids):
+        return seen_ids[rows[0]]
+    return None
+
+
+def choose_slide(table: pd.DataFrame, cohort: Cohort) -> tuple[str | None, Callable[[], None]]:
+    """Sidebar filters and the slide list (thumbnail, label, prediction, outcome); the chosen id is ?slide=.
+
+    Returns the open slide and a function that draws the list into its place in the sidebar: the page calls it once
+    the viewer is on its way, so the new slide's tiles do not wait for the list's thumbnails.
+    """
     sb = st.sidebar
-    labels = sorted(table["label"].dropna().unique())
-    preds = sorted(table["pred"].dropna().unique())
-    rows = table
-    if labels:
-        pick = sb.multiselect("Given label", labels, key="viewer_f_label")
-        rows = rows[rows["label"].isin(pick)] if pick else rows
-    if preds:
-        pick = sb.multiselect("Prediction", preds, key="viewer_f_pred")
-        rows = rows[rows["pred"].isin(pick)] if pick else rows
-    if table["correct"].notna().any():
-        which = sb.radio("Outcome", [ALL, "Correct", "Incorrect"], horizontal=True, key="viewer_f_correct")
-        if which != ALL:
-            rows = rows[rows["correct"] == (which == "Correct")]
+    f = vd.SlideFilter(
+        text=sb.text_input("Search slides", key="viewer_f_text", placeholder="slide id, label or prediction"),
+        labels=tuple(sb.multiselect("Label (reviewed)", sorted(table["label"].dropna().unique()),
+                                    key="viewer_f_label")),
+        preds=tuple(sb.multiselect("Prediction (out-of-fold)", sorted(table["pred"].dropna().unique()),
+                                   key="viewer_f_pred")),
+        outcome=sb.radio("Outcome", vd.OUTCOMES, horizontal=True, key="viewer_f_correct",
+                         help="Out-of-fold prediction against the reviewed label (as on the analysis page). "
+                              "Slides without an out-of-fold prediction are not judged."))
+    rows = vd.filter_slides(table, f)
+    known = set(table["image_id"])
+    wanted = _picked()
+    if wanted is not None:
+        st.query_params["slide"] = wanted
+    else:
+        wanted = st.query_params.get("slide")
+    if wanted is None:  # a plain /viewer: this session's last slide, else the first listed
+        last = st.session_state.get("viewer_open")
+        wanted = last if last in known else (rows["image_id"].iloc[0] if len(rows) else table["image_id"].iloc[0])
+        st.query_params["slide"] = wanted
+    open_id = wanted if wanted in known else None
+    if open_id is None:
+        st.error(f"No slide '{md(wanted)}' in cohort '{md(cohort.name)}'. Choose one from the list in the sidebar.")
+    st.session_state["viewer_open"] = open_id
     ids = list(rows["image_id"])
-    wanted = st.query_params.get("slide")
-    if wanted and wanted not in set(table["image_id"]):
-        st.warning(f"Slide {wanted!r} (from the link) is not in this cohort.")
-    if wanted in set(table["image_id"]) and st.session_state.get("viewer_slide") != wanted:
-        st.session_state["viewer_slide"] = wanted  # a shared link or the browser's back button
-    current = st.session_state.get("viewer_slide")
-    if current and current not in ids and current in set(table["image_id"]):
-        ids = [current, *ids]  # keep the open slide listed even when the filters exclude it
-    if not ids:
-        sb.info("No slide matches these filters.")
-        return None
-    sb.caption(f"{len(rows)} of {len(table)} slides")
-    chosen = sb.selectbox("Slide", ids, key="viewer_slide", on_change=_slide_to_url)
-    if st.query_params.get("slide") != chosen:
-        st.query_params["slide"] = chosen
-    return chosen
+    sel = [ids.index(open_id)] if open_id in ids else []
+    state = st.session_state.get(PICK)
+    if not state or list(state["selection"]["rows"]) != sel:
+        st.session_state[PICK] = {"selection": {"rows": sel, "columns": [], "cells": []}}
+    st.session_state[_SEEN] = (sel, ids)
+    sb.caption(f"{len(rows)} of {len(table)} slides · ✓ ✗ out-of-fold outcome, – not judged"
+               + ("" if open_id is None or open_id in ids else f" · the open slide '{md(open_id)}' is filtered out"))
+    slot = sb.empty()
+
+    def draw_list() -> None:
+        if not len(rows):
+            slot.info("No slide matches these filters.")
+            return
+        cfg = st.column_config
+        slot.dataframe(vd.chooser_rows(rows, vc.slide_thumbnails(cohort, ids)), key=PICK, on_select="rerun",
+                       selection_mode="single-row", hide_index=True, row_height=44, width="stretch", placeholder="",
+                       height=min(480, 40 + 44 * len(rows)),
+                       column_config={"thumb": cfg.ImageColumn("", width=40),
+                                      "slide": cfg.TextColumn("slide", width=88),
+                                      "label": cfg.TextColumn("label", width=50, help="reviewed label"),
+                                      "prediction": cfg.TextColumn("pred.", width=50, help="out-of-fold prediction"),
+                                      "ok": cfg.TextColumn("", width=24, help="out-of-fold outcome")})
+
+    return open_id, draw_list
 
 
-def _slide_to_url() -> None:
-    # runs before the script: the URL already names the new slide when choose_slide reads it
-    st.query_params["slide"] = st.session_state["viewer_slide"]
-
-
+# --- what the page says about the slide -----------------------------------------------------------------
 def class_selector(classes: list[str], n_heads: int) -> int:
-    """The attention column shown (models with per-class attention); colour map, rescaling and top fraction are
-    controls of the viewer itself, so changing them redraws the overlay without a rerun of the page."""
+    """The attention column shown (models with per-class attention); the other overlay controls are the viewer's
+    own, so changing them redraws the overlay without a rerun of the page."""
     if n_heads <= 1:
         return 0
     names = classes if len(classes) == n_heads else [str(i) for i in range(n_heads)]
@@ -130,33 +164,58 @@ def class_selector(classes: list[str], n_heads: int) -> int:
                                                key="viewer_cls"))
 
 
-def slide_facts(cohort: Cohort, row: pd.Series | None, meta: dict[str, Any], slide: Any | None) -> None:
-    """Label, prediction, probabilities, outlier score, mpp and size."""
-    label = row["label"] if row is not None and pd.notna(row.get("label")) else None
-    pred = row["pred"] if row is not None and pd.notna(row.get("pred")) else None
-    st.metric("Given label", label or "none")
-    if pred is not None:
-        ood = row.get("ood_score")
-        other = False
-        if ood is not None and pd.notna(ood):
-            from core.outliers import is_outlier
+def _probs_chart(row: pd.Series, prefix: str, pred: str) -> None:
+    probs = {c[len(prefix):]: float(row[c]) for c in row.index if c.startswith(prefix) and pd.notna(row[c])}
+    if probs:
+        fig = go.Figure(go.Bar(x=list(probs.values()), y=list(probs), orientation="h",
+                               marker_color=["#8e2d6b" if k == pred else "#bbb" for k in probs]))
+        fig.update_layout(height=60 + 28 * len(probs), margin=dict(l=0, r=0, t=10, b=0),
+                          xaxis=dict(range=[0, 1], title="probability"))
+        st.plotly_chart(fig, key=f"viewer_probs_{prefix}", config={"displayModeBar": False})
 
-            other = is_outlier(float(ood), meta)
-        verdict = "" if label is None else (" ✓" if pred == label else " ✗")
-        st.metric("Prediction", ("Other? " if other else "") + f"{pred}{verdict}")
-        probs = {c[5:]: float(row[c]) for c in row.index if c.startswith("prob_") and pd.notna(row[c])}
-        if probs:
-            fig = go.Figure(go.Bar(x=list(probs.values()), y=list(probs), orientation="h",
-                                   marker_color=["#8e2d6b" if k == pred else "#bbb" for k in probs]))
-            fig.update_layout(height=60 + 28 * len(probs), margin=dict(l=0, r=0, t=10, b=0),
-                              xaxis=dict(range=[0, 1], title="probability"))
-            st.plotly_chart(fig, key="viewer_probs", config={"displayModeBar": False})
-        if ood is not None and pd.notna(ood):
-            thr = (meta.get("ood") or {}).get("threshold")
-            st.caption(f"Outlier score {float(ood):.3g}" + (f" (threshold {float(thr):.3g})" if thr else "")
-                       + (" — over the threshold: **Other?**" if other else ""))
-    else:
+
+def slide_facts(row: pd.Series, meta: dict[str, Any], slide: Any | None, version: str | None) -> None:
+    """Reviewed label (and the labels file's, if different), the out-of-fold prediction that judges errors, the
+    final model's prediction (whose attention is drawn), outlier score, mpp and size."""
+    def val(col: str) -> Any:
+        v = row.get(col)
+        return None if v is None or (not isinstance(v, str) and pd.isna(v)) else v
+
+    label, given = val("label"), val("given_label")
+    st.metric("Label (reviewed)", label or "none",
+              help="The review database's label: the labels file's until a reviewer changes it.")
+    flags = [n for n, c in (("outlier", "is_outlier"), ("excluded", "exclude")) if bool(row.get(c))]
+    if (given or None) != label or flags:
+        st.caption(" · ".join(([f"labels file: {md(given or 'none')}"] if (given or None) != label else [])
+                              + [f"flagged {f}" for f in flags]))
+    pred, final = val("pred"), val("final_pred")
+    other = False
+    ood = val("ood_score")
+    if ood is not None:
+        from core.outliers import is_outlier
+
+        other = is_outlier(float(ood), meta)
+    if pred is not None and row.get("pred_source") == OOF:
+        correct = val("correct")
+        verdict = "" if correct is None else (" ✓" if correct else " ✗")
+        st.metric("Prediction (out-of-fold)", f"{pred}{verdict}",
+                  help="From the fold model that did not train on this slide; errors are judged on it, against the "
+                       "reviewed label, as on the analysis page.")
+        _probs_chart(row, "prob_", pred)
+    if final is not None:
+        st.metric("Final model (attention shown)", ("Other? " if other else "") + str(final),
+                  help="The model trained on all slides: the overlay and the gallery show its attention.")
+        st.caption(f"Model {md(version or '')}, trained on all slides; the overlay and the gallery show its "
+                   "attention.")
+        if row.get("pred_source") != OOF:
+            st.caption("No out-of-fold prediction for this slide: not judged.")
+            _probs_chart(row, "final_prob_", final)
+    elif pred is None:
         st.caption("No prediction for this slide yet.")
+    if ood is not None:
+        thr = (meta.get("ood") or {}).get("threshold")
+        st.caption(f"Outlier score {float(ood):.3g}" + (f" (threshold {float(thr):.3g})" if thr else "")
+                   + (" — over the threshold: **Other?**" if other else ""))
     if slide is not None:
         w, h = slide.dimensions
         mpp = f"{slide.mpp:.4g} µm/px" if slide.mpp else "unknown (no scale bar)"
@@ -164,24 +223,34 @@ def slide_facts(cohort: Cohort, row: pd.Series | None, meta: dict[str, Any], sli
                    + (f" · {slide.objective_power:g}× objective" if slide.objective_power else ""))
 
 
-def gallery(image_id: str, cohort: Cohort, layer: Any, style: OverlayStyle) -> None:
-    """Top-k and bottom-k attended patches; a click pans and zooms the viewer to the patch."""
-    raw = layer.column(style.cls)
-    order = np.argsort(-raw, kind="stable")
-    k = min(GALLERY_K, len(order))
-    for title, picks in (("Most attended", order[:k]), ("Least attended", order[::-1][:k])):
+def gallery(image_id: str, cohort: Cohort, layer: Any, cls: int) -> None:
+    """The most attended patches with tissue (near-empty ones are left out and named) and the least attended; a
+    click pans and zooms the viewer to the patch."""
+    raw = layer.column(cls)
+    size = layer.patch_size_level0
+    top, bottom, left_out = vd.gallery_patches(raw, layer.coords, size, GALLERY_K,
+                                               vc.tissue_fractions(cohort, image_id, size))
+    n = len(raw)
+    st.caption(f"Rank among {n:,} patches · share of the slide's attention (final model). Patches with less than "
+               f"{vd.GALLERY_MIN_TISSUE:.0%} tissue are left out of the most attended.")
+    if left_out:
+        st.caption("Left out as mostly glass: " + ", ".join(
+            f"#{p.rank} ({p.tissue:.0%} tissue" + (f", {vd.format_share(p.share)}" if p.share is not None else "")
+            + ")" for p in left_out))
+    for title, picks in (("Most attended", top), ("Least attended", bottom)):
         st.markdown(f"**{title}**")
-        cols = st.columns(k or 1)
-        for j, i in enumerate(picks):
-            x, y = (int(v) for v in layer.coords[i])
-            size = layer.patch_size_level0
+        cols = st.columns(GALLERY_K)
+        for j, p in enumerate(picks):
             with cols[j]:
                 try:
-                    st.image(_crop(image_id, cohort.name, x, y, size), width="stretch")
+                    st.image(_crop(image_id, cohort.name, p.x, p.y, size), width="stretch")
                 except SlideLensError as exc:
                     st.caption(str(exc))
-                st.button(f"{raw[i]:.3g}", key=f"viewer_goto_{title[:4]}_{j}", help=f"patch at ({x}, {y})",
-                          on_click=_set_goto, args=(image_id, x, y, size), width="stretch")
+                tissue = "" if p.tissue is None else f", {p.tissue:.0%} tissue"
+                st.button(f"#{p.rank:,}" + ("" if p.share is None else f" · {vd.format_share(p.share)}"),
+                          key=f"viewer_goto_{title[:4]}_{j}", width="stretch", on_click=_set_goto,
+                          args=(image_id, p.x, p.y, size),
+                          help=f"{p.caption(n)} (raw {p.raw:.3g}{tissue}); patch at ({p.x}, {p.y}). Click to go there.")
 
 
 def _set_goto(image_id: str, x: int, y: int, size: int) -> None:
@@ -226,23 +295,37 @@ def main() -> None:
         st.info("Open a cohort: set SLIDELENS_COHORT=/path/to/cohort.toml, or build the demo (`make demo`).")
         return
     register_cohort(cohort)
-    versions = versions_with_predictions(cohort.models, cohort.results)
-    version = None
-    if versions:
-        wanted = st.query_params.get("model")
-        if wanted in versions and "viewer_version" not in st.session_state:
-            st.session_state["viewer_version"] = wanted
-        version = st.sidebar.selectbox("Model version", versions, index=len(versions) - 1, key="viewer_version")
-    table = slide_table(cohort, version)
+    version, ok = choose_version(cohort)
+    if not ok:
+        return
+    try:
+        table, note = vc.viewer_table(cohort, version)
+    except SlideLensError as exc:
+        st.error(str(exc))
+        return
+    if note:
+        st.caption(md(note))
     if table.empty:
-        st.info(f"Cohort {cohort.name!r} has no slides.")
+        st.info(f"Cohort '{md(cohort.name)}' has no slides.")
         return
-    image_id = choose_slide(table)
-    if image_id is None:
-        return
+    image_id, draw_list = choose_slide(table, cohort)
+    try:
+        if image_id is not None:
+            show_slide(cohort, version, table, image_id)
+    finally:
+        draw_list()
+
+
+def show_slide(cohort: Cohort, version: str | None, table: pd.DataFrame, image_id: str) -> None:
+    """The viewer with its overlay and gallery, the slide's facts and the relabel panel."""
     row = table.loc[table["image_id"] == image_id].iloc[0]
     slide, layer = None, None
     try:
+        path = cohort.slide_path(image_id)
+        if needs_conversion(path, cohort.cache_dir):  # first view of a PNG/JPEG/other TIFF: build its pyramid
+            bar = st.progress(0.0, f"Converting '{md(image_id)}' to a pyramid (first view only)")
+            ensure_slide(path, cohort.cache_dir, cohort.mpp_for(image_id), lambda f, m: bar.progress(f, md(m)))
+            bar.empty()
         slide = open_cohort_slide(cohort, image_id)
     except SlideLensError as exc:
         st.error(str(exc))
@@ -252,31 +335,31 @@ def main() -> None:
         except SlideLensError as exc:
             st.warning(str(exc))
     left, right = st.columns([3, 1], gap="medium")
-    style = OverlayStyle()
+    cls = 0
     with left:
         if slide is not None:
             ov = None
             if layer is not None:
-                style = OverlayStyle(cls=class_selector(layer.classes, layer.n_heads))
+                cls = class_selector(layer.classes, layer.n_heads)
                 stamp = attention_path(cohort, version, image_id).stat().st_mtime_ns
-                ov = overlay_data(version, image_id, cohort.name, style.cls, stamp)
+                ov = vc.overlay_data(version, image_id, cohort.name, cls, stamp)
             goto = st.session_state.get("viewer_goto")
             goto = goto if goto and goto.get("image_id") == image_id else None
-            viewport = slide_viewer(slide_data(slide, image_id, cohort.name), ov, goto, key="viewer_osd")
+            viewport = vc.slide_viewer(vc.slide_data(slide, image_id, cohort.name), ov, goto, key="viewer_osd")
             if viewport and viewport.get("image_id") == image_id:
                 st.caption(f"View centre ({viewport['x']:.0f}, {viewport['y']:.0f}) px, "
                            f"zoom {viewport['zoom']:.3g} screen px per slide px")
             if layer is None:
                 compute_attention(cohort, version, image_id)
+            else:
+                gallery(image_id, cohort, layer, cls)
     with right:
-        slide_facts(cohort, row, model_meta(cohort, version), slide)
+        slide_facts(row, model_meta(cohort, version), slide, version)
         # --- relabel panel (owned by the review page's module; shown here when it exists) ---
         if importlib.util.find_spec("ui.review_panel") is not None:
             from ui.review_panel import relabel_panel
 
-            relabel_panel(cohort, image_id)
-    if layer is not None:
-        gallery(image_id, cohort, layer, style)
+            relabel_panel(cohort, image_id, model_version=version)
 
 
 main()

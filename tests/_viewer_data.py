@@ -93,6 +93,10 @@ def build_cohort(root: Path, version: str = "v001-abmil", with_svs: bool = True)
     rows = ["image_id,pred,prob_benign,prob_tumor,ood_score",
             "synth_a,tumor,0.2,0.8,0.1", "synth_odd,benign,0.7,0.3,0.9"]
     (root / "results" / version / "predictions.csv").write_text("\n".join(rows) + "\n")
+    # out-of-fold predictions (they judge errors): synth_a wrong, synth_odd right, unlike the final model's
+    oof = root / "models" / version / "oof_predictions.csv"
+    oof.parent.mkdir(parents=True, exist_ok=True)
+    oof.write_text("image_id,pred,prob_benign,prob_tumor\nsynth_a,benign,0.6,0.4\nsynth_odd,tumor,0.3,0.7\n")
     (root / "labels.csv").write_text("image_id,label\nsynth_a,tumor\nsynth_odd,tumor\n")
     sources = ['"slides"'] + ([f'"{SAMPLE_SVS}"'] if with_svs else [])
     toml = root / "cohort.toml"

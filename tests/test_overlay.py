@@ -152,3 +152,55 @@ def test_top_fraction_and_colors():
 def test_mismatched_lengths_are_a_clear_error():
     with pytest.raises(InputError, match="3 values for 2 patch"):
         overlay.attention_raster(np.ones(3), np.zeros((2, 2)), 64, (100, 100))
+
+
+def test_fade_makes_opacity_follow_the_value():
+    lut = overlay.colormap_lut("inferno")
+    scaled = np.array([0.0, 0.5, 1.0])
+    colors = overlay.patch_colors(scaled, lut, alpha=overlay.fade_alpha(scaled))
+    assert colors[:-1, 3].tolist() == [0, 128, 255] and colors[-1, 3] == 0  # low attention fades into the tissue
+
+
+@pytest.mark.parametrize("dims, origin", [((1000, 700), (0, 0)), ((1001, 757), (13, 5))])
+def test_smooth_rendering_passes_through_each_patch_centre_and_fades_at_the_edges(dims, origin):
+    coords = grid_coords(*dims, origin=origin)
+    scaled = overlay.rescale(np.random.default_rng(2).random(len(coords)), "rank")
+    raster = overlay.attention_raster(scaled, coords, PATCH, dims)
+    grid = overlay.smooth_grid(raster, scaled, np.ones(len(coords)))
+    assert grid.cell == PATCH  # one grid cell per patch, whatever the raster's cell
+    lut = overlay.colormap_lut("viridis")
+    top = overlay.dz_level_count(dims) - 1
+    tile = overlay.smooth_tile(grid, lut, top, 0, 0, TILE, OVERLAP)
+    assert tile.shape == (*overlay.tile_bounds(dims, top, 0, 0, TILE, OVERLAP)[3:1:-1], 4)
+    inner = [i for i, (x, y) in enumerate(coords)
+             if x + PATCH < TILE and y + PATCH < TILE and x > origin[0] and y > origin[1]]
+    assert inner
+    for i in inner:  # interior patches: full opacity, and the centre pixel has (almost) the patch's colour
+        cx, cy = coords[i] + PATCH // 2
+        assert tile[cy, cx, 3] == 255
+        assert np.abs(tile[cy, cx, :3].astype(int) - lut[round(float(scaled[i]) * 255)].astype(int)).max() <= 8
+    # between two patches of different value the colour is in between (a gradient, not a block edge)
+    a, b = inner[0], inner[0] + 1
+    if b < len(coords) and coords[b][1] == coords[a][1]:
+        x_mid, y = coords[b][0], coords[a][1] + PATCH // 2
+        lo, hi = sorted((float(scaled[a]), float(scaled[b])))
+        mid = tile[y, x_mid, :3].astype(int)
+        assert any(np.abs(mid - lut[k].astype(int)).max() <= 8 for k in range(round(lo * 255), round(hi * 255) + 1))
+    assert tile[0, 0, 3] < 255  # the edge of the tissue fades out
+
+
+def test_smooth_rendering_hides_patches_outside_the_top_fraction():
+    coords = grid_coords(1000, 700)
+    hot = int(np.flatnonzero((coords == [128, 128]).all(axis=1))[0])
+    values = np.zeros(len(coords))
+    values[hot] = 1.0  # one hot patch
+    raster = overlay.attention_raster(values, coords, PATCH, (1000, 700))
+    visible = overlay.top_fraction_mask(values, 1 / len(values))
+    assert visible.sum() == 1
+    grid = overlay.smooth_grid(raster, values, visible.astype(float))
+    tile = overlay.smooth_tile(grid, overlay.colormap_lut("inferno"), overlay.dz_level_count((1000, 700)) - 1,
+                               0, 0, TILE, OVERLAP)
+    cx, cy = coords[hot] + PATCH // 2
+    assert tile[cy, cx, 3] > 200
+    far = coords[0] + PATCH // 2
+    assert tuple(tile[far[1], far[0]]) == (0, 0, 0, 0)

@@ -78,13 +78,41 @@ def test_overlay_tiles_match_slide_tiles_and_carry_values(client, cohort):
     scaled = overlay.rescale(layer.values[:, 1], "rank")
     lut = overlay.colormap_lut("viridis")
     img = np.asarray(Image.open(io.BytesIO(client.get(
-        f"/tiles/attention/{VERSION}/synth_a_files/{top}/1_0.png?cls=1&cmap=viridis&scale=rank").content)))
+        f"/tiles/attention/{VERSION}/synth_a_files/{top}/1_0.png?cls=1&cmap=viridis&scale=rank&top=1&fade=0"
+    ).content)))
     coords = grid_coords(1000, 700)
     np.testing.assert_array_equal(layer.coords, coords)
     for i, (x, y) in enumerate(coords):
         cx, cy = x + PATCH // 2 - 253, y + PATCH // 2  # tile (1, 0) starts at DZ x = 254 - 1 overlap
         if 0 <= cx < img.shape[1] and cy < img.shape[0]:
             assert tuple(img[cy, cx]) == (*lut[round(float(scaled[i]) * 255)], 255)
+
+
+def test_default_style_shows_the_top_fifth_by_rank_fading_with_attention(client, cohort):
+    """The default overlay: top 20% of patches by rank, opacity proportional to the rank (issue 12)."""
+    layer = tiles.load_attention_layer(cohort, VERSION, "synth_a", (1000, 700))
+    top = overlay.dz_level_count((1000, 700)) - 1
+    img = np.asarray(Image.open(io.BytesIO(client.get(
+        f"/tiles/attention/{VERSION}/synth_a_files/{top}/0_0.png").content)))
+    scaled = overlay.rescale(layer.values[:, 0], "rank")
+    shown = overlay.top_fraction_mask(layer.values[:, 0], 0.2)
+    lut = overlay.colormap_lut("inferno")
+    seen = 0
+    for i, (x, y) in enumerate(layer.coords):
+        cx, cy = x + PATCH // 2, y + PATCH // 2
+        if cx < img.shape[1] and cy < img.shape[0]:
+            want = (*lut[round(float(scaled[i]) * 255)], round(float(scaled[i]) * 255)) if shown[i] else (0, 0, 0, 0)
+            assert tuple(img[cy, cx]) == want
+            seen += 1
+    assert seen > 10 and tiles.OverlayStyle.from_query({}) == tiles.OverlayStyle(0, "inferno", "rank", 0.2, True)
+
+
+def test_smooth_rendering_is_served(client):
+    url = f"/tiles/attention/{VERSION}/synth_a_files/10/0_0.png?top=1&fade=0&render="
+    blocks = np.asarray(Image.open(io.BytesIO(client.get(url + "blocks").content)))
+    smooth = np.asarray(Image.open(io.BytesIO(client.get(url + "smooth").content)))
+    assert blocks.shape == smooth.shape and smooth.shape[2] == 4 and (smooth[..., 3] > 0).sum() > 0
+    assert not np.array_equal(blocks, smooth)
 
 
 def test_threshold_hides_all_but_the_top_patches(client):
@@ -127,6 +155,8 @@ def test_attention_at_returns_the_raw_values(client, cohort):
     (f"/tiles/attention/{VERSION}/synth_a_files/0/0_0.png?top=0", 400),
     (f"/tiles/attention/{VERSION}/synth_a_files/0/0_0.png?cls=7", 400),
     (f"/tiles/attention/{VERSION}/synth_a_files/0/0_0.png?scale=log", 400),
+    (f"/tiles/attention/{VERSION}/synth_a_files/0/0_0.png?render=3d", 400),
+    (f"/tiles/attention/{VERSION}/synth_a_files/0/0_0.png?fade=maybe", 400),
     ("/tiles/_static/osd/../../../package.json", 404),  # the client resolves the dots: /package.json
     ("/tiles/_static/osd/%2e%2e/%2e%2e/package.json", 400),
     ("/tiles/_static/osd/nothing.js", 404),

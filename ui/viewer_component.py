@@ -1,16 +1,23 @@
-"""The slide viewer widget: OpenSeadragon in a Streamlit components-v2 element, fed by the app's tile routes."""
+"""The slide viewer widget (OpenSeadragon in a Streamlit components-v2 element, fed by the app's tile routes) and
+the viewer page's cached data: its slide table, the chooser's thumbnails and the gallery's tissue fractions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+import pandas as pd
 import streamlit as st
 
 from core import overlay
+from core import viewer_data as vd
+from core.cohort import Cohort
+from core.errors import SlideLensError
 from core.slides import DZ_OVERLAP, DZ_TILE_SIZE, Slide
-from core.tiles import OverlayStyle
+from core.tiles import OverlayStyle, open_cohort_slide
 
 _FRONTEND = Path(__file__).parent / "frontend" / "viewer"
 
@@ -36,15 +43,17 @@ def slide_data(slide: Slide, image_id: str, cohort_name: str) -> dict[str, Any]:
 def overlay_data(version: str, image_id: str, cohort_name: str, cls: int = 0, stamp: int = 0) -> dict[str, Any]:
     """Overlay tile URLs for a (model version, slide) and attention column ``cls``; ``stamp`` busts browser caches.
 
-    Colour map, rescaling and top fraction are chosen in the viewer itself (no rerun of the page): it appends
-    ``cmap``, ``scale`` and ``top`` to ``query``. ``legends`` holds a CSS gradient per colour map.
+    Colour map, rescaling, top fraction, fading and rendering are chosen in the viewer itself (no rerun of the
+    page): it appends ``cmap``, ``scale``, ``top``, ``fade`` and ``render`` to ``query``. ``legends`` holds a CSS gradient per colour map.
     """
     base = f"/tiles/attention/{quote(version)}/{quote(image_id)}"
     cq = f"cohort={quote(cohort_name)}"
     default = OverlayStyle()
     return {"url": f"{base}_files/", "query": f"?cls={int(cls)}&{cq}&t={stamp}", "at_url": f"{base}/at.json?{cq}",
             "cmaps": list(overlay.COLORMAPS), "scales": list(overlay.RESCALE_METHODS),
-            "default": {"cmap": default.cmap, "scale": default.scale, "top": default.top},
+            "renders": list(overlay.RENDERINGS),
+            "default": {"cmap": default.cmap, "scale": default.scale, "top": default.top, "fade": default.fade,
+                        "render": default.render},
             "legends": {name: _gradient(name) for name in overlay.COLORMAPS}}
 
 
@@ -64,3 +73,73 @@ def slide_viewer(slide: dict[str, Any], overlay: dict[str, Any] | None = None, g
     data = {**slide, "overlay": overlay, "goto": goto, "view_height": height}
     result = _component()(data=data, key=key, default={"viewport": None}, on_viewport_change=lambda: None)
     return result.get("viewport") if hasattr(result, "get") else getattr(result, "viewport", None)
+
+
+# --- the page's cached data -------------------------------------------------------------------------------
+def _store(cohort: Cohort) -> tuple[Any | None, str | None]:
+    """The cohort's review database (the relabel panel's, so both see the same edits), or None and why not."""
+    try:
+        from ui.review_panel import cohort_store
+
+        return cohort_store(cohort), None
+    except Exception as exc:  # noqa: BLE001 (any driver error: the page falls back to the labels file)
+        return None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _table(source: str, version: str | None, stamp: tuple[float, ...], position: int | None, _cohort: Cohort,
+           _store: Any) -> pd.DataFrame:
+    return vd.viewer_slide_table(_cohort, _store, version)
+
+
+def viewer_table(cohort: Cohort, version: str | None) -> tuple[pd.DataFrame, str | None]:
+    """The slide table (see core.slide_table) and, when the review database cannot be read, one line saying so.
+
+    Cached until a labels, predictions or model file changes or the review database gets a new edit, so a
+    relabel shows at once.
+    """
+    store, problem = _store(cohort)
+    position = None
+    if store is not None:
+        try:
+            position = int(store.snapshot()[1])  # the audit log's last id: moves with every edit
+        except Exception as exc:  # noqa: BLE001
+            store, problem = None, str(exc).splitlines()[0]
+    table = _table(str(cohort.source or cohort.root), version, vd.table_stamp(cohort, version), position, cohort,
+                   store)
+    note = None if problem is None else (f"The review database cannot be read ({problem}): labels are the "
+                                         "labels file's, without reviewers' changes.")
+    return table, note
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _thumb(path: str, mtime: float, cache_dir: str, size: int) -> str | None:
+    return vd.thumbnail_data_url(Path(path), Path(cache_dir), size)
+
+
+def slide_thumbnails(cohort: Cohort, ids: list[str], size: int = 64) -> list[str | None]:
+    """Small thumbnails (data URLs) for the chooser; None for a slide that has none yet."""
+    out = []
+    for image_id in ids:
+        path = cohort.slide_paths.get(image_id)
+        mtime = path.stat().st_mtime if path is not None and path.is_file() else 0.0
+        out.append(_thumb(str(path), mtime, str(cohort.cache_dir), size) if path is not None else None)
+    return out
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _tissue_mask(cohort_name: str, image_id: str, path: str, mtime: float, _cohort: Cohort) -> Any:
+    from core.tiling import tissue_mask
+
+    return tissue_mask(open_cohort_slide(_cohort, image_id))
+
+
+def tissue_fractions(cohort: Cohort, image_id: str, size: int) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``coords -> tissue fractions`` of ``size``-pixel patches on the slide's tissue mask (cached per slide), or
+    None when the slide cannot be read."""
+    path = cohort.slide_paths.get(image_id)
+    try:
+        mask = _tissue_mask(cohort.name, image_id, str(path), path.stat().st_mtime if path else 0.0, cohort)
+    except (SlideLensError, OSError):
+        return None
+    return lambda coords: vd.patch_tissue_fractions(mask, np.asarray(coords), size)
