@@ -11,6 +11,7 @@ Coordinate planes follow openslide: ``l0_`` level-0 pixels, ``z_`` Deep Zoom pix
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -212,6 +213,11 @@ class SmoothGrid:
     cell: int  # level-0 pixels per cell side (about one patch)
     dimensions: tuple[int, int]
 
+    @functools.cached_property
+    def stacked(self) -> np.ndarray:
+        """value and alpha as one rows x cols x 2 array (one gather per sample instead of two)."""
+        return np.stack([self.value, self.alpha], axis=-1)
+
 
 def smooth_grid(raster: AttentionRaster, scaled: np.ndarray, alpha: np.ndarray) -> SmoothGrid:
     """Average a raster's cells into patch-sized cells (``alpha`` 0..1 per patch, 0 for hidden patches)."""
@@ -234,15 +240,19 @@ def smooth_grid(raster: AttentionRaster, scaled: np.ndarray, alpha: np.ndarray) 
 
 
 def _bilinear(grid: np.ndarray, fy: np.ndarray, fx: np.ndarray) -> np.ndarray:
-    rows, cols = grid.shape
+    """Bilinear samples of ``grid`` (rows x cols x k) at rows ``fy`` and columns ``fx``: separable, so the row pass
+    runs only over the grid rows the tile touches (a handful when zoomed in)."""
+    rows, cols = grid.shape[:2]
     y0 = np.floor(fy).astype(np.int64)
     x0 = np.floor(fx).astype(np.int64)
-    ty = (fy - y0).astype(np.float32)[:, None]
-    tx = (fx - x0).astype(np.float32)[None, :]
-    y0c, y1c = np.clip(y0, 0, rows - 1)[:, None], np.clip(y0 + 1, 0, rows - 1)[:, None]
-    x0c, x1c = np.clip(x0, 0, cols - 1)[None, :], np.clip(x0 + 1, 0, cols - 1)[None, :]
-    top = grid[y0c, x0c] * (1 - tx) + grid[y0c, x1c] * tx
-    bottom = grid[y1c, x0c] * (1 - tx) + grid[y1c, x1c] * tx
+    ty = (fy - y0).astype(np.float32)[:, None, None]
+    tx = (fx - x0).astype(np.float32)[None, :, None]
+    x0c, x1c = np.clip(x0, 0, cols - 1), np.clip(x0 + 1, 0, cols - 1)
+    used, inv = np.unique(np.concatenate([np.clip(y0, 0, rows - 1), np.clip(y0 + 1, 0, rows - 1)]),
+                          return_inverse=True)
+    band = grid[used]  # the touched rows only
+    across = band[:, x0c] * (1 - tx) + band[:, x1c] * tx  # len(used) x w x k
+    top, bottom = across[inv[:len(fy)]], across[inv[len(fy):]]
     return top * (1 - ty) + bottom * ty
 
 
@@ -257,13 +267,13 @@ def smooth_tile(grid: SmoothGrid, lut: np.ndarray, level: int, col: int, row: in
     fy = ((np.arange(y0, y0 + h) + 0.5) * scale - grid.origin[1]) / grid.cell - 0.5 + 1
     fx = np.clip(fx, 0, grid.value.shape[1] - 1)
     fy = np.clip(fy, 0, grid.value.shape[0] - 1)
-    a = _bilinear(grid.alpha, fy, fx)
-    v = _bilinear(grid.value, fy, fx) / np.maximum(a, 1e-6)
-    out = np.zeros((h, w, 4), np.uint8)
-    out[..., :3] = lut[np.round(np.clip(v, 0, 1) * 255).astype(np.int64)]
-    out[..., 3] = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
-    out[out[..., 3] == 0] = 0
-    return out
+    va = _bilinear(grid.stacked, fy, fx)
+    a = va[..., 1]
+    v = va[..., 0] / np.maximum(a, 1e-6)
+    alpha = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+    rgb = lut[(np.clip(v, 0, 1) * 255 + 0.5).astype(np.uint8)]  # uint8 indices: a cheap gather
+    rgb *= (alpha > 0)[..., None]  # fully transparent pixels are (0, 0, 0, 0)
+    return np.concatenate([rgb, alpha[..., None]], axis=-1)
 
 
 def display_values(values: np.ndarray, method: str = "percentile", top: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
