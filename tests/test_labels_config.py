@@ -62,7 +62,10 @@ def test_cohort_toml_resolves_paths(tmp_path: Path) -> None:
     c = load_cohort(tmp_path)
     assert c.labels == tmp_path / "labels.csv" and c.features == tmp_path / "features"
     assert c.database == f"sqlite:///{tmp_path}/slidelens.db"
-    assert set(c.slide_paths) == {"CMU-1-Small-Region", "CMU-1-Small-Region.pyramid", "dicom-camelyon-overview"}
+    # every slide of the shared folder (it grows: an NDPI sample was added), each found once under its id
+    expected = {"CMU-1-Small-Region", "CMU-1-Small-Region.pyramid", "dicom-camelyon-overview"}
+    expected |= {p.stem for p in SHARED_SLIDES.glob("*.ndpi")}
+    assert set(c.slide_paths) == expected
     assert c.mpp_for("CMU-1-Small-Region") == 0.25 and c.patch_size == 224
     again = tmp_path / "again"
     again.mkdir()
