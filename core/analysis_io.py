@@ -1,8 +1,9 @@
 """Files for error analysis: reading predictions, joining them with the reviewed labels, writing the report folder.
 
 The truth on every page is the reviewed label (``core.slide_table.reviewed_labels``: the review database's current
-state, with the reviewer's outlier / exclude flags); :func:`reviewed_join` and :func:`version_analysis` are what the
-analysis page, Compare and the home page score with, so they show the same numbers for the same version.
+state, with the reviewer's outlier / exclude flags); :func:`reviewed_join` (and ``core.slide_table.version_analysis``,
+which reads the labels from the store) is what the analysis page, Compare and the home page score with, so they
+show the same numbers for the same version. Nothing here reads the review database.
 """
 
 from __future__ import annotations
@@ -20,11 +21,9 @@ import pandas as pd
 from core.analysis import classes_of, compute_metrics, confusion, error_impact, join_predictions, metrics_by
 from core.analysis_issues import rank_label_issues
 from core.errors import InputError
-from core.slide_table import reviewed_labels
 
 if TYPE_CHECKING:
     from core.cohort import Cohort
-    from core.store import Store
 
 Source = Literal["oof", "final"]
 ProgressFn = Callable[[float, str], None]
@@ -104,23 +103,6 @@ def cohort_given_labels(cohort: Cohort) -> pd.DataFrame | None:
     if cohort.labels is None or not Path(cohort.labels).is_file():
         return None
     return read_labels(cohort.labels).df
-
-
-def version_analysis(cohort: Cohort, store: Store, version: str, source: Source = "oof",
-                     given: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
-    """One version's predictions (out-of-fold by default) joined with the reviewed labels; (joined, classes).
-
-    ``given`` is the labels file's table when the caller has read it already. Raises ``InputError`` naming the
-    predictions file when it is missing or malformed.
-    """
-    path = predictions_path(cohort.models, cohort.results, version, source)
-    preds = read_predictions(path)
-    classes = model_classes(cohort.models / version) or classes_of(preds)
-    labels = reviewed_labels(store, cohort_given_labels(cohort) if given is None else given)
-    try:
-        return reviewed_join(preds, labels, classes), classes
-    except InputError as exc:
-        raise InputError(f"{path}: {exc}") from None
 
 
 def _clean(v: Any) -> Any:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from core.errors import InputError
+
 if TYPE_CHECKING:
     from core.cohort import Cohort
     from core.review import ModelView
@@ -115,3 +117,23 @@ def cohort_slide_table(cohort: Cohort, store: Store, version: str | None) -> pd.
     given = read_labels(cohort.labels).df if cohort.labels is not None else None
     view = load_model_view(cohort, version)
     return slide_table(list(cohort.slide_paths), reviewed_labels(store, given), view)
+
+
+def version_analysis(cohort: Cohort, store: Store, version: str, source: str = "oof",
+                     given: pd.DataFrame | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """One version's predictions (out-of-fold by default) joined with the reviewed labels; (joined, classes).
+
+    ``given`` is the labels file's table when the caller has read it already. Raises ``InputError`` naming the
+    predictions file when it is missing or malformed.
+    """
+    from core.analysis import classes_of
+    from core.analysis_io import cohort_given_labels, model_classes, predictions_path, read_predictions, reviewed_join
+
+    path = predictions_path(cohort.models, cohort.results, version, source)
+    preds = read_predictions(path)
+    classes = model_classes(cohort.models / version) or classes_of(preds)
+    labels = reviewed_labels(store, cohort_given_labels(cohort) if given is None else given)
+    try:
+        return reviewed_join(preds, labels, classes), classes
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None

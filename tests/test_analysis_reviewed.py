@@ -10,10 +10,10 @@ import pytest
 from _review_data import SLIDES, VERSION, make_review_cohort
 
 from core.analysis import compute_metrics, format_cell, parse_cell
-from core.analysis_io import n_errors, reviewed_join, score_caption, version_analysis
+from core.analysis_io import n_errors, reviewed_join, score_caption
 from core.cohort import load_cohort
 from core.review import load_model_view, open_cohort_store
-from core.slide_table import reviewed_labels, slide_table
+from core.slide_table import reviewed_labels, slide_table, version_analysis
 
 
 def test_reviewed_join_judges_errors_as_the_slide_table_does(tmp_path: Path) -> None:

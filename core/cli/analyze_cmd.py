@@ -40,10 +40,11 @@ def _joined(args: argparse.Namespace) -> tuple[pd.DataFrame, list[str], str]:
             print(note, file=sys.stderr)
         df, classes = load_joined(pred, read_labels(args.labels).df)
         return df, classes, f"{pred} against {args.labels}"
-    from core.analysis_io import model_classes, predictions_path, version_analysis
+    from core.analysis_io import model_classes, predictions_path
     from core.cohort import load_cohort
     from core.models import versions_with_predictions
     from core.review import open_cohort_store
+    from core.slide_table import version_analysis
 
     cohort = load_cohort(args.cohort)
     if cohort.labels is None and args.labels is None:
