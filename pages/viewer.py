@@ -25,12 +25,15 @@ from core.slide_table import OOF
 from core.slides import needs_conversion
 from core.tiles import attention_path, load_attention_layer, open_cohort_slide, register_cohort
 from ui import viewer_component as vc
+from ui.annotations_view import annotations_panel
 from ui.context import current_cohort
 from ui.safe import md
 
 GALLERY_K = 6
 PICK = "viewer_pick"  # the chooser's selection state
 _SEEN = "_viewer_pick_seen"  # (selected rows, listed ids) as the chooser showed them last run
+PAGE, _PAGE_ANCHOR, _MATCHES = "viewer_page", "_viewer_page_anchor", "_viewer_matches"
+PAGE_ROWS = 50  # slides listed at once
 
 
 def model_meta(cohort: Cohort, version: str | None) -> dict[str, Any]:
@@ -95,6 +98,23 @@ def _picked() -> str | None:
     return None
 
 
+def _page(rows: pd.DataFrame, open_id: str | None) -> tuple[pd.DataFrame, list[str]]:
+    """One page of the matching slides (thumbnails are made for the shown page only, so a cohort of thousands of
+    slides lists as fast as a small one); the pager follows the open slide until the user moves it."""
+    ids = list(rows["image_id"])
+    st.session_state[_MATCHES] = len(ids)
+    n_pages = max(1, -(-len(ids) // PAGE_ROWS))
+    if n_pages == 1:
+        return rows, ids
+    anchor = (open_id, len(ids), ids[0])
+    if st.session_state.get(_PAGE_ANCHOR) != anchor or not 1 <= st.session_state.get(PAGE, 1) <= n_pages:
+        st.session_state[PAGE] = ids.index(open_id) // PAGE_ROWS + 1 if open_id in ids else 1
+        st.session_state[_PAGE_ANCHOR] = anchor
+    page = int(st.sidebar.number_input(f"Page (of {n_pages})", 1, n_pages, key=PAGE, step=1))
+    lo = (page - 1) * PAGE_ROWS
+    return rows.iloc[lo:lo + PAGE_ROWS], ids[lo:lo + PAGE_ROWS]
+
+
 def choose_slide(table: pd.DataFrame, cohort: Cohort) -> tuple[str | None, Callable[[], None]]:
     """Sidebar filters and the slide list (thumbnail, label, prediction, outcome); the chosen id is ?slide=.
 
@@ -126,14 +146,16 @@ def choose_slide(table: pd.DataFrame, cohort: Cohort) -> tuple[str | None, Calla
     if open_id is None:
         st.error(f"No slide '{md(wanted)}' in cohort '{md(cohort.name)}'. Choose one from the list in the sidebar.")
     st.session_state["viewer_open"] = open_id
-    ids = list(rows["image_id"])
+    rows, ids = _page(rows, open_id)
     sel = [ids.index(open_id)] if open_id in ids else []
     state = st.session_state.get(PICK)
     if not state or list(state["selection"]["rows"]) != sel:
         st.session_state[PICK] = {"selection": {"rows": sel, "columns": [], "cells": []}}
     st.session_state[_SEEN] = (sel, ids)
-    sb.caption(f"{len(rows)} of {len(table)} slides · ✓ ✗ out-of-fold outcome, – not judged"
-               + ("" if open_id is None or open_id in ids else f" · the open slide '{md(open_id)}' is filtered out"))
+    n_match = st.session_state.get(_MATCHES, len(rows))
+    sb.caption(f"{n_match} of {len(table)} slides · ✓ ✗ out-of-fold outcome, – not judged"
+               + ("" if open_id is None or open_id in ids or n_match > len(rows)
+                  else f" · the open slide '{md(open_id)}' is filtered out"))
     slot = sb.empty()
 
     def draw_list() -> None:
@@ -349,6 +371,7 @@ def show_slide(cohort: Cohort, version: str | None, table: pd.DataFrame, image_i
             if viewport and viewport.get("image_id") == image_id:
                 st.caption(f"View centre ({viewport['x']:.0f}, {viewport['y']:.0f}) px, "
                            f"zoom {viewport['zoom']:.3g} screen px per slide px")
+            annotations_panel(cohort, image_id, layer, slide.dimensions)
             if layer is None:
                 compute_attention(cohort, version, image_id)
             else:
