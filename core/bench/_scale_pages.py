@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
@@ -87,42 +86,25 @@ def _seed_edits(toml: Path, count: int = 50) -> None:
 
 
 def bench_pages(work: Path, n: int = 1000, repeat: int = 3) -> dict[str, Any]:
-    """Cold and warm render seconds of each page (AppTest, in this process)."""
-    from streamlit.testing.v1 import AppTest
+    """Cold and warm render seconds of each page, timed by ``ui/bench_pages.py`` (AppTest) in a child process
+    (core never imports streamlit)."""
+    import subprocess
+    import sys
 
     repo = Path(__file__).resolve().parents[2]
     toml = make_page_cohort(work / "cohort", n)
     _seed_edits(toml)
-    old = {k: os.environ.get(k) for k in ("SLIDELENS_COHORT", "SLIDELENS_DEMO_DIR")}
-    os.environ["SLIDELENS_COHORT"] = str(toml)
-    os.environ["SLIDELENS_DEMO_DIR"] = str(work / "no-demo")
-    cwd = os.getcwd()
-    os.chdir(repo)
+    env = {**os.environ, "SLIDELENS_COHORT": str(toml), "SLIDELENS_DEMO_DIR": str(work / "no-demo"),
+           "PYTHONPATH": str(repo)}
+    proc = subprocess.run([sys.executable, "-m", "ui.bench_pages", "--repeat", str(repeat), "--slide", "10001",
+                           *[f"{k}={v}" for k, v in PAGES.items()]], cwd=repo, env=env, capture_output=True,
+                          text=True, check=False)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"ui.bench_pages failed ({proc.returncode}): {proc.stderr[-1500:]}")
     out: dict[str, Any] = {"slides": n, "target_s": TARGET_S}
-    try:
-        for name, page in PAGES.items():
-            at = AppTest.from_file(str(repo / "app.py"), default_timeout=300)
-            at.query_params["slide"] = "10001"  # the viewer and review pages open a slide as a shared link would
-            if name != "home":
-                at.switch_page(page)
-            t = time.perf_counter()
-            at.run()
-            cold = time.perf_counter() - t
-            warm = []
-            for _ in range(repeat):
-                t = time.perf_counter()
-                at.run()
-                warm.append(time.perf_counter() - t)
-            errors = [str(e.value)[:200] for e in at.exception] + [str(e.value)[:200] for e in at.error]
-            med = statistics.median(warm)
-            out[name] = {"cold_s": round(cold, 3), "warm_s": [round(w, 3) for w in warm],
-                         "warm_median_s": round(med, 3), "meets_target": med < TARGET_S and cold < 2 * TARGET_S,
-                         "errors": errors}
-    finally:
-        os.chdir(cwd)
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    for name, res in json.loads(line[7:]).items():
+        med = statistics.median(res["warm_s"])
+        out[name] = {**res, "warm_median_s": round(med, 3),
+                     "meets_target": med < TARGET_S and res["cold_s"] < 2 * TARGET_S}
     return out
