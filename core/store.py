@@ -18,8 +18,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from core import store_schema as S
+from core.auth import REVIEWER, AccessDenied
 from core.errors import InputError
 from core.labels import LabelTable, read_labels
+from core.store_access import AccessMixin
+from core.store_annotations import AnnotationsMixin
 from core.store_decks import DecksMixin
 from core.store_engine import Txn as _Txn
 from core.store_engine import sqlite_engine as _sqlite_engine
@@ -47,12 +50,13 @@ from core.store_types import (  # noqa: F401 - re-exported: the store's public t
 IMPORT_ATTEMPTS = 3  # a concurrent first import is retried: the retry sees the other's rows and skips them
 
 
-class Store(ModelsMixin, DecksMixin):
+class Store(ModelsMixin, DecksMixin, AccessMixin, AnnotationsMixin):
     """The review database behind one SQLAlchemy engine (thread-safe; one per process is enough)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.url = engine.url.render_as_string(hide_password=True)
+        self.actor = None  # the signed-in user this store acts for (``as_user``); None: local mode, typed names
 
     # -- transactions -----------------------------------------------------------------------------------------
     def _write(self) -> Any:
@@ -167,7 +171,7 @@ class Store(ModelsMixin, DecksMixin):
                   model_version: str | None = None) -> list[SlideState]:
         """Edits of several slides, ``(image_id, changes, based_on_version)`` each, in one transaction: all are
         saved or none is (a slide that moved past its version refuses the whole batch with ``ConflictError``)."""
-        who = _reviewer(reviewer)
+        who = _reviewer(reviewer) if self.actor is None else ""
         for _image_id, changes, _version in edits:
             bad = [f for f in changes if f not in FIELDS]
             if bad:
@@ -179,8 +183,21 @@ class Store(ModelsMixin, DecksMixin):
         reason = " ".join(str(reason or "").split())
         at = now_iso()
         with self._write() as conn:
+            who = self._who(conn, who)
+            blind = self._blind_ids(conn)
+            for image_id, changes, _version in edits:
+                if image_id in blind and "label" in changes:
+                    raise AccessDenied(f"slide {image_id!r} awaits your blind second read: submit it first")
             return [self._edit_in(conn, image_id, changes, int(based_on), who, reason, model_version, at)
                     for image_id, changes, based_on in edits]
+
+    def _who(self, conn: Connection, typed: str | None) -> str:
+        """Who an edit is recorded under: the bound user (after checking they are at least a reviewer), else the
+        typed name (local mode)."""
+        if self.actor is None:
+            return _reviewer(typed)
+        self._require(conn, REVIEWER)
+        return self.actor.label
 
     def _edit_in(self, conn: Connection, image_id: str, changes: Mapping[str, Any], based_on_version: int,
                  who: str, reason: str, model_version: str | None, at: str, keep_same: bool = False) -> SlideState:
@@ -218,6 +235,8 @@ class Store(ModelsMixin, DecksMixin):
                            .values(**values, version=audit[-1]["state_version"], updated_at=at, updated_by=who))
         if res.rowcount != 1:  # another writer slipped in between (PostgreSQL read committed)
             raise ConflictError(self._conflict_message(conn, _state(conn, image_id) or cur, based_on_version))
+        if self.actor is not None:
+            audit = [dict(r, user_key=self.actor.key) for r in audit]
         try:
             conn.execute(insert(S.audit_log), audit)
         except IntegrityError as exc:
@@ -228,9 +247,12 @@ class Store(ModelsMixin, DecksMixin):
     def accept_label(self, image_id: str, reviewer: str | None, reason: str, based_on_version: int,
                      model_version: str | None = None) -> SlideState:
         """Confirm the slide's current label: one audit row (old = new) that marks the slide as reviewed."""
-        who = _reviewer(reviewer)
+        who = _reviewer(reviewer) if self.actor is None else ""
         reason = " ".join(str(reason or "").split())
         with self._write() as conn:
+            who = self._who(conn, who)
+            if image_id in self._blind_ids(conn):
+                raise AccessDenied(f"slide {image_id!r} awaits your blind second read: submit it first")
             cur = self._current(conn, image_id, int(based_on_version))
             if not cur.label:
                 raise InputError(f"slide {image_id!r} has no label to accept; choose one")
@@ -243,10 +265,11 @@ class Store(ModelsMixin, DecksMixin):
         rows (reason 'undo of #id'; the log itself is never changed). Refused with ``ConflictError`` if the slide
         moved past ``based_on_version``; ``audit_id``, when given, must belong to that last edit. Undoing again
         steps further back. Returns the new state and the rows that were reverted."""
-        who = _reviewer(reviewer)
+        who = _reviewer(reviewer) if self.actor is None else ""
         extra = " ".join(str(reason or "").split())
         at = now_iso()
         with self._write() as conn:
+            who = self._who(conn, who)
             cur = self._current(conn, image_id, int(based_on_version))
             rows = [_audit(r) for r in conn.execute(select(S.audit_log).where(S.audit_log.c.image_id == image_id)
                                                     .order_by(S.audit_log.c.id)).mappings()]
@@ -308,14 +331,17 @@ class Store(ModelsMixin, DecksMixin):
         """The current state of one slide (``InputError`` if it was never imported)."""
         with self._read() as conn:
             st = _state(conn, image_id)
+            blind = self._blind_ids(conn)
         if st is None:
             raise InputError(f"slide {image_id!r} is not in the review database")
-        return st
+        return _hide(st) if image_id in blind else st
 
     def states(self) -> dict[str, SlideState]:
         """Every slide's current state."""
         with self._read() as conn:
-            return {r["image_id"]: _row_state(r) for r in conn.execute(select(S.label_state)).mappings()}
+            blind = self._blind_ids(conn)
+            out = {r["image_id"]: _row_state(r) for r in conn.execute(select(S.label_state)).mappings()}
+        return {k: _hide(v) if k in blind else v for k, v in out.items()}
 
     def state_table(self) -> pd.DataFrame:
         """The states as a table (one row per slide)."""
@@ -330,7 +356,10 @@ class Store(ModelsMixin, DecksMixin):
         if image_id is not None:
             q = q.where(S.audit_log.c.image_id == image_id)
         with self._read() as conn:
+            blind = self._blind_ids(conn)
             rows = [_audit(r) for r in conn.execute(q).mappings()]
+        if blind:  # a blind second reader sees no label change (nor who made it) on their pending slides
+            rows = [r for r in rows if not (r.image_id in blind and r.field == "label")]
         return rows[-limit:] if limit else rows
 
     def source_labels(self) -> dict[str, str | None]:
@@ -370,6 +399,12 @@ def _row_state(r: Mapping[str, Any]) -> SlideState:
     return SlideState(image_id=r["image_id"], label=r["label"], outlier=bool(r["outlier"]),
                       exclude=bool(r["excluded"]), second_opinion=bool(r["second_opinion"]), note=r["note"] or "",
                       version=int(r["version"]), updated_at=r["updated_at"], updated_by=r["updated_by"])
+
+
+def _hide(st: SlideState) -> SlideState:
+    """The state a blind second reader sees: no label and no name of who set it."""
+    return SlideState(image_id=st.image_id, label=None, outlier=st.outlier, exclude=st.exclude,
+                      second_opinion=st.second_opinion, note=st.note, version=st.version)
 
 
 def _state(conn: Connection, image_id: str) -> SlideState | None:

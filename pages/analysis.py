@@ -33,11 +33,12 @@ from core.models import default_version, versions_with_predictions
 from core.slide_table import reviewed_labels
 from ui import analysis_views as av
 from ui.context import current_cohort
+from ui.deck_views import add_to_deck
 from ui.review_panel import cohort_store
 from ui.safe import md
 
 SOURCES = {"oof": "Out-of-fold", "final": "Final model (trained on these slides - optimistic)"}
-TABS = ["Metrics", "Confusion", "Impact", "Calibration", "Label issues", "Compare"]
+TABS = ["Metrics", "Confusion", "Impact", "Calibration", "Label issues", "Compare", "Annotations"]
 BASE_COLUMNS = {"image_id", "label", "given_label", "pred", "ood_score", "confidence", "correct", "scored",
                 "slide_kind", "is_tma", "is_outlier", "exclude", "reviewed", "image_width", "image_height"}
 MAX_THUMBS = 12
@@ -180,6 +181,8 @@ def cell_list(sel: pd.DataFrame, version: str, cohort, title: str) -> None:
                                           "confidence": st.column_config.NumberColumn("confidence", format="%.2f",
                                                                                       width="small"),
                                           "slide_kind": st.column_config.TextColumn("kind", width="small")})
+    add_to_deck(cohort, list(sel["image_id"]), key="an_cell_deck", label=f"Add these {len(sel)} to a deck",
+                model_version=version)
     paths = cohort.slide_paths
     grid = st.columns(3)
     for i, row in enumerate(sel.head(MAX_THUMBS).itertuples()):
@@ -308,6 +311,7 @@ def main() -> None:
             "Calibration": lambda: calibration_tab(df, classes),
             "Label issues": lambda: issues_tab(df, classes, version, source),
             "Compare": lambda: compare_tab(df, classes, version, versions, source, cohort, labels),
+            "Annotations": lambda: av.annotations_tab(cohort, cohort_store(cohort), version),
         }
         for name, tab in zip(TABS, tabs, strict=True):
             if tab.open:  # only the open tab is computed; switching tabs reruns the page

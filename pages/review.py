@@ -17,12 +17,14 @@ from core.export import export_labels
 from core.models import default_index
 from core.review import SOURCES, build_queue, filter_queue, load_model_view, model_versions, retrain
 from core.slide_table import reviewed_labels, slide_table
+from ui.assignments_view import admin_panel, blind_read_form, my_queue_filter
 from ui.context import current_cohort
-from ui.review_panel import cohort_store, relabel_panel, reviewer_input
+from ui.deck_views import add_to_deck
+from ui.review_panel import cohort_store, current_role, relabel_panel, reviewer_input
 from ui.safe import md
 
 SOURCE_NAMES = {"label_issue": "Label issues", "outlier": "Likely outliers", "low_confidence": "Low confidence",
-                "second_opinion": "Second opinion"}
+                "second_opinion": "Second opinion", "attends_outside": "Attends outside the annotated tumour"}
 SORTS = {"priority": ("priority", False), "confidence (lowest first)": ("confidence", True),
          "OOD score (highest first)": ("ood_score", False), "slide id": ("image_id", True)}
 TABLE_COLS = ["image_id", "label", "pred", "pred_source", "confidence", "ood_score", "reasons", "reviewed"]
@@ -142,11 +144,12 @@ def main() -> None:
         st.info("No model yet: the queue shows second-opinion flags only. Train one with `python -m core train`.")
     f1, f2, f3, f4 = st.columns([3, 2, 2, 1], vertical_alignment="bottom")
     sources = f1.multiselect("Show", list(SOURCES), default=list(SOURCES), key="rv_sources",
-                             format_func=SOURCE_NAMES.get)
+                             format_func=lambda k: SOURCE_NAMES.get(k, k.replace("_", " ").capitalize()))
     sort = f2.selectbox("Sort by", list(SORTS), key="rv_sort")
     text = f3.text_input("Slide id contains", key="rv_search")
     hide = f4.checkbox("Hide reviewed", key="rv_hide_reviewed")
     queue = filter_queue(queue_all, sources, hide_reviewed=hide, text=text)
+    queue = my_queue_filter(store, queue, queue_all)  # sign-in mode: "my queue", blind reads unlabelled
     col, asc = SORTS[sort]
     queue = queue.sort_values(col, ascending=asc, na_position="last", kind="stable", ignore_index=True)
     ids = queue["image_id"].tolist()
@@ -173,13 +176,18 @@ def main() -> None:
     options = ids + [i for i in all_ids if i not in ids]  # any slide can be reviewed, the queue comes first
     image_id = st.columns([1, 2])[0].selectbox("Slide", options, key="rv_slide",
                                                help="queue slides first, then all others")
+    admin_panel(store, ids, image_id)  # sign-in mode, admins: roles, assignments, second reads
+    if image_id and blind_read_form(store, image_id):
+        image_id = None  # a blind second read: its form only, the first label stays hidden
     if image_id:
         row = queue_all.set_index("image_id").loc[image_id]
         pred = slide_table([image_id], reviewed_labels(store), view).iloc[0].to_dict() if view.version else None
+        add_to_deck(cohort, [image_id], key="rv_deck", model_version=version)  # for presenting (ui.deck_views)
         relabel_panel(cohort, image_id, model_version=version, prediction=pred,
                       reasons=str(row["reasons"]) if pd.notna(row["reasons"]) else "",
                       on_done=partial(_next_slide, ids, image_id), key="rv", shortcuts=True,
                       ask_name=False, on_undo=_goto, wide=True)
-    export_retrain(cohort)
+    if current_role(cohort) in (None, "admin"):  # local mode, or an admin: export and retrain
+        export_retrain(cohort)
 
 main()

@@ -27,6 +27,7 @@ from core.tiles import attention_path, load_attention_layer, open_cohort_slide, 
 from ui import viewer_component as vc
 from ui.annotations_view import annotations_panel
 from ui.context import current_cohort
+from ui.deck_views import add_to_deck
 from ui.safe import md
 
 GALLERY_K = 6
@@ -383,6 +384,7 @@ def show_slide(cohort: Cohort, version: str | None, table: pd.DataFrame, image_i
             from ui.review_panel import relabel_panel
 
             relabel_panel(cohort, image_id, model_version=version)
+        add_to_deck(cohort, [image_id], key="viewer_deck", model_version=version)
 
 
 main()
