@@ -8,6 +8,7 @@ import streamlit as st
 from core.analysis_io import score_caption
 from core.errors import SlideLensError
 from core.summary import cohort_summary
+from ui.assignments_view import team_summary
 from ui.context import current_cohort
 from ui.review_panel import cohort_store
 from ui.safe import md
@@ -20,6 +21,13 @@ def _summary(cohort):
     except SlideLensError:
         store = None  # cohort_summary opens it again and reports the problem in one line
     return cohort_summary(cohort, store)
+
+
+def _store_or_none(cohort):
+    try:
+        return cohort_store(cohort)
+    except SlideLensError:
+        return None
 
 
 def _fmt(v) -> str:
@@ -77,6 +85,8 @@ def main() -> None:
                 help="Slides whose reviewed label differs from the out-of-fold prediction (as the analysis page "
                      "and the viewer's 'Incorrect' filter count them).")
     c[3].metric("Slides reviewed", _fmt(s.reviewed))
+
+    team_summary(_store_or_none(cohort))  # sign-in mode: per-reviewer progress and agreement (kappa)
 
     st.subheader("Go to")
     c = st.columns(3)

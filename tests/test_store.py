@@ -21,7 +21,8 @@ from core.store_schema import SCHEMA_VERSION, metadata
 
 PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-TABLES = ("predictions", "audit_log", "label_state", "slides", "model_versions", "meta", "schema_version")
+TABLES = ("second_reads", "assignments", "users", "predictions", "audit_log", "label_state", "slides", "model_versions",
+          "meta", "schema_version")
 
 
 def _fresh_pg(url: str) -> None:

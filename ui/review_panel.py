@@ -18,17 +18,20 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.auth import cohort_admins
 from core.cohort import Cohort
 from core.errors import SlideLensError
 from core.review import ensure_synced
 from core.slide_table import FINAL, OOF
 from core.store import OTHER, ConflictError, SlideState, Store, SyncReport, open_store
+from ui.auth import signed_in_identity
 from ui.safe import md
 
 REVIEWER_KEY = "reviewer"
 _KEEP = "_reviewer_name"
 _CLEARED = "_reviewer_cleared"
 _MEMORY = "_reviewer_memory"
+_ROLES = "_auth_roles"  # database URL -> the signed-in user's role when this session first used it
 FLASH = "_review_flash"
 LAST = "_review_last"  # the session's last saved edit: what the Undo button reverts
 DRAFTS = "_review_drafts"  # image_id -> {"reason", "note", "note_base"}: typed text kept across slides and actions
@@ -49,7 +52,21 @@ def cohort_store(cohort: Cohort) -> Store:
     """The cohort's review database (one engine per URL), with slides and labels imported. Raises SlideLensError."""
     stamp = cohort.labels.stat().st_mtime if cohort.labels is not None and cohort.labels.is_file() else 0.0
     _synced(cohort.database, stamp, len(cohort.slide_paths), cohort)
-    return _store(cohort.database)
+    store = _store(cohort.database)
+    ident = signed_in_identity()
+    if ident is None:
+        return store  # local mode: a typed reviewer name
+    roles = st.session_state.setdefault(_ROLES, {})
+    if cohort.database not in roles:  # the first visit of this session: record the user, read their role
+        roles[cohort.database] = store.sign_in(ident, cohort_admins(cohort.source))
+    return store.as_user(ident)
+
+
+def current_role(cohort: Cohort) -> str | None:
+    """The signed-in user's role in this cohort's database (None in local mode)."""
+    if signed_in_identity() is None:
+        return None
+    return cohort_store(cohort).role_of(signed_in_identity())  # type: ignore[arg-type]
 
 
 # -- the reviewer's name ------------------------------------------------------------------------------------------
@@ -73,7 +90,12 @@ def _name_remembered() -> None:
 
 def reviewer_input(where: Any = st) -> str:
     """The 'Your name' box (key 'reviewer'): kept for the session across pages and in this browser's local storage,
-    so a reload or a new tab starts with it (a reviewer who clears the box is forgotten there too)."""
+    so a reload or a new tab starts with it (a reviewer who clears the box is forgotten there too). With sign-in on,
+    the signed-in identity instead (never a typed name)."""
+    ident = signed_in_identity()
+    if ident is not None:
+        where.caption(md(f"Reviewing as {ident.label}"))
+        return ident.label
     if REVIEWER_KEY not in st.session_state and st.session_state.get(_KEEP):
         st.session_state[REVIEWER_KEY] = st.session_state[_KEEP]
     name = where.text_input("Your name (required to edit)", key=REVIEWER_KEY, placeholder="e.g. J. Smith",
@@ -89,7 +111,10 @@ def reviewer_input(where: Any = st) -> str:
 
 
 def current_reviewer() -> str:
-    """The reviewer name of this session ('' when none was entered)."""
+    """The reviewer name of this session ('' when none was entered); the signed-in identity with sign-in on."""
+    ident = signed_in_identity()
+    if ident is not None:
+        return ident.label
     return str(st.session_state.get(REVIEWER_KEY) or st.session_state.get(_KEEP) or "").strip()
 
 
@@ -388,6 +413,8 @@ def relabel_panel(cohort: Cohort, image_id: str, *, model_version: str | None = 
     with right:
         show_flash()
         undo_bar(store, cohort.database, model_version, key, shortcuts, on_undo)
+        if store.actor is not None and store.role_of(store.actor) == "viewer":  # the store refuses edits anyway
+            st.info("You are signed in as a viewer: you can look, not change. An admin can make you a reviewer.")
         _actions(ctx, classes, shortcuts, current_reviewer())
     st.markdown("**History** (newest first; an undo is a new row that names the row it reverts)")
     hist = history_table(store, image_id)
