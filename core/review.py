@@ -22,7 +22,7 @@ from core.store import Store, SyncReport, open_store
 LOW_CONFIDENCE = 0.6
 UNCERTAIN = 0.15  # spread (std) of the predicted class's probability over MC dropout draws or ensemble members
 ISSUE_SCORE = 0.5  # normalized margin above 0.5: another class is more likely than the given one
-SOURCES = ("label_issue", "outlier", "low_confidence", "second_opinion")
+SOURCES = ("label_issue", "outlier", "low_confidence", "second_opinion", "attends_outside")
 QUEUE_COLUMNS = ["image_id", "label", "pred", "pred_source", "confidence", "final_pred", "ood_score", "reasons",
                  "n_reasons", "priority", "suggested_label", "issue_rank", *SOURCES, "flagged_outlier", "exclude",
                  "reviewed", "version"]
@@ -134,9 +134,11 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
     spread = pd.to_numeric(table["uncertainty"], errors="coerce") if "uncertainty" in table else None
     q["uncertain"] = (spread > uncertain).fillna(False) if spread is not None else False
     q["second_opinion"] = q["second_opinion"].astype(bool)
+    outside = _attends_outside(cohort, store, view.version)
+    q["attends_outside"] = [i in outside for i in q.index]
     reasons, priority = [], []
     cols = ["label_issue", "issue_rank", "suggested_label", "issue_score", "outlier", "ood_score", "low_confidence",
-            "pred_source", "confidence", "second_opinion"]
+            "pred_source", "confidence", "second_opinion", "uncertain", "attends_outside"]
     for image_id, *vals in q[cols].itertuples(name=None):  # itertuples: iterrows builds a Series per row
         r = dict(zip(cols, vals, strict=True))
         why, score = [], 0.0
@@ -158,6 +160,9 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
             who = store_last_flagger(store, str(image_id))
             why.append("second opinion requested" + (f" by {who}" if who else ""))
             score += 2.0
+        if r["attends_outside"]:
+            why.append(outside[image_id])
+            score += 1.0
         reasons.append("; ".join(why))
         priority.append(round(score, 4))
     q["reasons"], q["priority"] = reasons, priority
@@ -165,6 +170,16 @@ def build_queue(cohort: Cohort, store: Store, version: str | None = None, *,
     q["n_reasons"] = q[list(SOURCES)].sum(axis=1).astype(int)
     q = q.reset_index().sort_values(["priority", "image_id"], ascending=[False, True], ignore_index=True)
     return q[QUEUE_COLUMNS]
+
+
+def _attends_outside(cohort: Cohort, store: Store, version: str | None) -> dict[str, str]:
+    """Slides whose model looks elsewhere than the annotated tumour (``core.annotation_metrics``), with the words."""
+    if version is None or not store.annotations():
+        return {}
+    from core.annotation_metrics import cohort_inside_for_version, looks_elsewhere, outside_reason
+
+    table = cohort_inside_for_version(cohort, store, version)
+    return {str(r["image_id"]): outside_reason(r) for _, r in table.iterrows() if looks_elsewhere(r)}
 
 
 def store_last_flagger(store: Store, image_id: str) -> str | None:

@@ -154,7 +154,7 @@ def test_url_restores_version_tab_and_cell(monkeypatch: pytest.MonkeyPatch, coho
     assert (at.selectbox(key="an_true").value, at.selectbox(key="an_pred").value) == ("EC", "HGSC")
     at = run_page(monkeypatch, cohort, tab="Confusions")
     assert [w.value for w in at.warning] == [md("no tab 'Confusions' (tabs: Metrics, Confusion, Impact, Calibration, "
-                                                "Label issues, Compare): showing Metrics")]
+                                                "Label issues, Compare, Annotations): showing Metrics")]
 
 
 def test_unknown_model_in_the_url_is_said_never_replaced(monkeypatch: pytest.MonkeyPatch, cohort: Path) -> None:

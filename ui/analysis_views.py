@@ -210,3 +210,19 @@ def render_figure(fig: go.Figure, fmt: str) -> bytes:
     except Exception as exc:  # kaleido needs a local Chrome; say so instead of failing the page
         st.error(f"could not render {fmt.upper()} ({type(exc).__name__}); download the HTML instead")
         return b""
+
+
+def annotations_tab(cohort: object, store: object, version: str) -> None:
+    """Slides where the model looks elsewhere first: its attention against the reviewers' tumour annotations."""
+    from core.annotation_metrics import cohort_inside_for_version
+
+    table = cohort_inside_for_version(cohort, store, version)
+    if table.empty:
+        st.info("No slide has tumour annotations and attention from this model yet: outline tumour in the viewer "
+                "or import QuPath GeoJSON (`python -m core annotations import`).")
+        return
+    st.caption(md(f"The final model's attention ({version}, as the overlay shows it) against tumour-class "
+                  "annotations: share of attention inside, AUROC of attention inside against outside, and whether "
+                  "the most-attended patch is inside. Slides where the model looks elsewhere first come first."))
+    table_with_download(with_viewer_links(table, version), "attention_vs_annotations", "an_annotations",
+                        column_config=VIEWER_COLUMN)

@@ -7,6 +7,13 @@ import argparse
 EXAMPLES: dict[str, str] = {
     "analyze": "python -m core analyze --cohort data/demo/cohort.toml --out data/demo/analysis\n"
                "python -m core analyze --predictions models/ --labels labels.csv --out analysis/   # newest version",
+    "annotations": "python -m core annotations import wsi_018.geojson --slide wsi_018 --reviewer ann "
+                   "--cohort study/cohort.toml",
+    "annotations import": "python -m core annotations import qupath_export/ --reviewer ann --cohort study/cohort.toml"
+                          "   # a folder of <image_id>.geojson",
+    "annotations export": "python -m core annotations export --out annotations/ --cohort study/cohort.toml",
+    "annotations patches": "python -m core annotations patches --class Tumour --out tumour_patches.csv "
+                           "--cohort study/cohort.toml",
     "bench": "python -m core bench tiles --json docs/bench/tiles.json",
     "cohort": "python -m core cohort init --slides train_images --labels train.csv --out study/cohort.toml",
     "cohort init": "python -m core cohort init --slides train_images --labels train.csv --out study/cohort.toml",
