@@ -15,7 +15,11 @@ target_mpp = 0.5
 min_tissue = 0.25
 [mpp]                        # per-slide mpp overrides
 some_tma = 0.25
+[compute]                    # optional: the app's bulk jobs (predicting every slide) run on a Ray cluster
+ray = "auto"                 # "auto" (the cluster this machine joined) or the head's "host:port"
 ```
+A labels file with an ``is_tma`` column (UBC-OCEAN's ``train.csv``) gives each slide whose file states no mpp its
+mpp (0.25 / 0.5) unless ``[mpp]`` overrides it.
 Relative paths are relative to the TOML file's folder.
 """
 
@@ -52,6 +56,7 @@ class Cohort:
     min_tissue: float = 0.25
     mpp_overrides: dict[str, float] = field(default_factory=dict)
     source: Path | None = None  # the TOML file, if any
+    ray: str | None = None  # [compute] ray: the Ray cluster for bulk jobs ("auto" or host:port), None = local
 
     @cached_property
     def slide_paths(self) -> dict[str, Path]:
@@ -71,9 +76,21 @@ class Cohort:
         except KeyError:
             raise InputError(f"slide {image_id!r} is not in cohort {self.name!r}") from None
 
+    @cached_property
+    def slide_mpps(self) -> dict[str, float]:
+        """Per-slide mpp: the labels file's ``is_tma`` column (UBC-OCEAN: 0.25 TMA, 0.5 whole slide) for slides whose
+        file states none (PNG, JPEG, TIFFs without resolution), overridden by the cohort's ``[mpp]`` table."""
+        from core.image_headers import records_mpp
+        from core.labels import mpps_from_labels
+
+        paths = self.slide_paths
+        from_labels = {i: m for i, m in mpps_from_labels(self.labels).items()
+                       if i in paths and not records_mpp(paths[i])}
+        return {**from_labels, **self.mpp_overrides}
+
     def mpp_for(self, image_id: str) -> float | None:
-        """The per-slide mpp override, if any (the slide's own mpp and default_mpp apply otherwise)."""
-        return self.mpp_overrides.get(image_id)
+        """The per-slide mpp (``slide_mpps``), if any (the slide's own mpp and default_mpp apply otherwise)."""
+        return self.slide_mpps.get(image_id)
 
     @property
     def cache_dir(self) -> Path:
@@ -103,6 +120,8 @@ class Cohort:
                   f"min_tissue = {self.min_tissue}"]
         if self.mpp_overrides:
             lines += ["", "[mpp]"] + [f"{_q(k)} = {v}" for k, v in sorted(self.mpp_overrides.items())]
+        if self.ray:
+            lines += ["", "[compute]", f"ray = {_q(self.ray)}"]
         return "\n".join(lines) + "\n"
 
 
@@ -128,6 +147,10 @@ def cohort_from_dict(data: dict[str, Any], root: Path, source: Path | None = Non
     if db.startswith("sqlite:///") and not db.startswith("sqlite:////") and db != "sqlite:///:memory:":
         db = "sqlite:///" + str(root / db[len("sqlite:///"):])
     patches = data.get("patches", {})
+    compute = data.get("compute", {})
+    ray = compute.get("ray") if isinstance(compute, dict) else None
+    if ray is not None and (not isinstance(ray, str) or not ray.strip()):
+        raise InputError(f"{source or root}: [compute] ray must be \"auto\" or a Ray head address \"host:port\"")
     try:
         return Cohort(
             name=str(data.get("name", root.name)), root=root, slide_sources=sources,
@@ -136,7 +159,8 @@ def cohort_from_dict(data: dict[str, Any], root: Path, source: Path | None = Non
             default_mpp=float(data["default_mpp"]) if data.get("default_mpp") is not None else None,
             patch_size=int(patches.get("patch_size", 256)), target_mpp=float(patches.get("target_mpp", 0.5)),
             min_tissue=float(patches.get("min_tissue", 0.25)),
-            mpp_overrides={str(k): float(v) for k, v in data.get("mpp", {}).items()}, source=source)
+            mpp_overrides={str(k): float(v) for k, v in data.get("mpp", {}).items()}, source=source,
+            ray=ray.strip() if ray else None)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{source or root}: invalid cohort setting ({exc})") from exc
 

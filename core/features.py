@@ -24,6 +24,7 @@ from core.backbones import Backbone, embed
 from core.errors import InputError, SlideError, SlideLensError
 from core.slides import Slide, open_slide
 from core.tiling import patch_grid
+from core.tta import check_mode, embed_tta, feature_identity
 
 Progress = Callable[[float, str], None]
 
@@ -240,6 +241,9 @@ def _meta(all_attrs: list[dict[str, Any]]) -> tuple[int | None, float | None, st
         if mag:
             mpp = 10.0 / float(mag)
     backbone = _first(all_attrs, "backbone", "encoder", "model_name", "patch_encoder")
+    tta = _first(all_attrs, "tta")
+    if backbone is not None and tta not in (None, "none"):  # TTA features are their own feature space
+        backbone = feature_identity(str(backbone), str(tta))
     return (int(size0) if size0 is not None else None, float(mpp) if mpp is not None else None,
             str(backbone) if backbone is not None else None)
 
@@ -365,41 +369,87 @@ def patch_loader(dataset: PatchDataset, batch_size: int = 64, num_workers: int =
                                        pin_memory=pin_memory, **kwargs)
 
 
+@dataclass(frozen=True)
+class SlidePlan:
+    """Where one slide's patches are: level-0 ``coords`` (N x 2), their level-0 side and the slide's own mpp."""
+
+    coords: np.ndarray
+    patch_size_level0: int
+    slide_mpp: float | None
+
+
+def plan_slide(slide_path: str | Path, *, patch_size: int = 256, target_mpp: float = 0.5, min_tissue: float = 0.25,
+               mpp: float | None = None, default_mpp: float | None = None,
+               cache_dir: str | Path | None = None) -> SlidePlan:
+    """Open and validate a slide, find its tissue patches (``SlideError`` naming the file if it cannot be read)."""
+    slide = open_slide(Path(slide_path), mpp=mpp, cache_dir=Path(cache_dir) if cache_dir is not None else None)
+    try:
+        grid = patch_grid(slide, patch_size=patch_size, target_mpp=target_mpp, min_tissue=min_tissue,
+                          default_mpp=default_mpp)
+        slide_mpp = slide.mpp_or(default_mpp)
+    finally:
+        slide.close()
+    return SlidePlan(grid.coords, int(grid.patch_size_level0), float(slide_mpp) if slide_mpp is not None else None)
+
+
+def check_patch_errors(slide_path: Path, errors: list[str] | tuple[str, ...]) -> None:
+    """Raise one ``SlideError`` naming the slide for the first failed read of a batch (PatchDataset error texts)."""
+    bad = next((e for e in errors if e), None)
+    if bad:
+        raise SlideError(slide_path, f"reading patches failed: {bad.removeprefix(f'{slide_path}: ')}")
+
+
+def read_patch_batch(dataset: PatchDataset, start: int, stop: int) -> np.ndarray:
+    """Patches ``start:stop`` of ``dataset`` as one uint8 array (n x H x W x 3), read in this process."""
+    items = [dataset[i] for i in range(start, stop)]
+    check_patch_errors(dataset.slide_path, [e for _, e in items])
+    return np.stack([t.numpy() for t, _ in items]) if items else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+def write_slide_features(out_path: str | Path, slide_path: str | Path, plan: SlidePlan, feats: np.ndarray, *,
+                         backbone: str, weights: str | None, patch_size: int, target_mpp: float, min_tissue: float,
+                         dtype: str = "float32", tta: str = "none") -> Path:
+    """Check ``feats`` (one row per ``plan.coords``) and write the slide's features file atomically (``tta``: the
+    test-time augmentation they were averaged over, stored as the ``tta`` attribute)."""
+    slide_path = Path(slide_path)
+    if not np.isfinite(feats).all():
+        raise SlideError(slide_path, f"backbone {backbone} produced non-finite features")
+    bag = FeatureBag(feats, plan.coords, plan.patch_size_level0, float(target_mpp), backbone)
+    extra = {"patch_size": int(patch_size), "target_mpp": float(target_mpp), "image_id": slide_path.stem,
+             "slide_mpp": plan.slide_mpp, "weights": weights or "random", "min_tissue": float(min_tissue),
+             "tta": None if check_mode(tta) == "none" else tta}
+    return write_features(out_path, bag, extra, dtype=dtype)
+
+
 def extract_slide(slide_path: str | Path, out_path: str | Path, backbone: Backbone, *, patch_size: int = 256,
                   target_mpp: float = 0.5, min_tissue: float = 0.25, mpp: float | None = None,
                   default_mpp: float | None = None, batch_size: int = 64, num_workers: int = 2,
                   cache_dir: str | Path | None = None, prefetch_factor: int = 4,
-                  progress: Progress | None = None, dtype: str = "float32") -> Path:
-    """Tile one slide, embed every tissue patch with ``backbone`` and write ``out_path`` atomically; returns it."""
+                  progress: Progress | None = None, dtype: str = "float32", tta: str = "none") -> Path:
+    """Tile one slide, embed every tissue patch with ``backbone`` and write ``out_path`` atomically; returns it.
+
+    ``tta`` (flips | dihedral, see core/tta.py) averages each patch's features over its flips and rotations."""
+    tta = check_mode(tta)
     slide_path, out_path = Path(slide_path), Path(out_path)
     cache = Path(cache_dir) if cache_dir is not None else None
-    slide = open_slide(slide_path, mpp=mpp, cache_dir=cache)
-    grid = patch_grid(slide, patch_size=patch_size, target_mpp=target_mpp, min_tissue=min_tissue,
-                      default_mpp=default_mpp)
-    slide_mpp = slide.mpp_or(default_mpp)
-    slide.close()
-    n = len(grid)
+    plan = plan_slide(slide_path, patch_size=patch_size, target_mpp=target_mpp, min_tissue=min_tissue, mpp=mpp,
+                      default_mpp=default_mpp, cache_dir=cache)
+    n = len(plan.coords)
     feats = np.zeros((n, backbone.dim), np.float32)
     if n:
-        ds = PatchDataset(slide_path, grid.coords, patch_size, target_mpp, mpp, default_mpp, cache)
+        ds = PatchDataset(slide_path, plan.coords, patch_size, target_mpp, mpp, default_mpp, cache)
         loader = patch_loader(ds, batch_size, min(num_workers, max(0, (n + batch_size - 1) // batch_size)),
                               pin_memory=backbone.device.startswith("cuda"), prefetch_factor=prefetch_factor)
         done = 0
         for batch, errors in loader:
-            bad = next((e for e in errors if e), None)
-            if bad:
-                raise SlideError(slide_path, f"reading patches failed: {bad.removeprefix(f'{slide_path}: ')}")
-            feats[done:done + len(batch)] = embed(backbone, batch).numpy()
+            check_patch_errors(slide_path, errors)
+            feats[done:done + len(batch)] = (embed(backbone, batch) if tta == "none"
+                                             else embed_tta(backbone, batch, tta)).numpy()
             done += len(batch)
             if progress:
                 progress(done / n, f"{slide_path.name}: {done}/{n} patches")
-    if not np.isfinite(feats).all():
-        raise SlideError(slide_path, f"backbone {backbone.name} produced non-finite features")
-    bag = FeatureBag(feats, grid.coords, grid.patch_size_level0, float(target_mpp), backbone.name)
-    extra = {"patch_size": int(patch_size), "target_mpp": float(target_mpp), "image_id": slide_path.stem,
-             "slide_mpp": float(slide_mpp) if slide_mpp is not None else None, "weights": backbone.weights or "random",
-             "min_tissue": float(min_tissue)}
-    write_features(out_path, bag, extra, dtype=dtype)
+    write_slide_features(out_path, slide_path, plan, feats, backbone=backbone.name, weights=backbone.weights,
+                         patch_size=patch_size, target_mpp=target_mpp, min_tissue=min_tissue, dtype=dtype, tta=tta)
     if progress:
         progress(1.0, f"{slide_path.name}: {n} patches done")
     return out_path
@@ -434,7 +484,7 @@ def extract_cohort(slides: dict[str, Path], out_dir: str | Path, backbone: Backb
                    target_mpp: float = 0.5, min_tissue: float = 0.25, mpp_overrides: dict[str, float] | None = None,
                    default_mpp: float | None = None, batch_size: int = 64, num_workers: int = 2,
                    cache_dir: str | Path | None = None, overwrite: bool = False,
-                   progress: Progress | None = None, dtype: str = "float32") -> ExtractReport:
+                   progress: Progress | None = None, dtype: str = "float32", tta: str = "none") -> ExtractReport:
     """Extract every slide into ``out_dir/<image_id>.h5``, skipping finished ones and carrying on past bad slides."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -448,14 +498,14 @@ def extract_cohort(slides: dict[str, Path], out_dir: str | Path, backbone: Backb
                 progress((k + frac) / len(ids), msg)
 
         try:
-            if not overwrite and done_features(out, backbone.name):
+            if not overwrite and done_features(out, feature_identity(backbone.name, tta)):
                 report.skipped.append(image_id)
                 sub(1.0, f"{image_id}: already done")
                 continue
             extract_slide(slides[image_id], out, backbone, patch_size=patch_size, target_mpp=target_mpp,
                           min_tissue=min_tissue, mpp=(mpp_overrides or {}).get(image_id), default_mpp=default_mpp,
                           batch_size=batch_size, num_workers=num_workers, cache_dir=cache_dir, progress=sub,
-                          dtype=dtype)
+                          dtype=dtype, tta=tta)
             report.written.append(image_id)
         except SlideLensError as exc:
             report.failed[image_id] = str(exc)

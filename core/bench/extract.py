@@ -39,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed passes of each kind (alternating)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                   help="instead: slides/s and patches/s of extract through a Ray cluster (auto: a one-node cluster "
+                        "here) against the local path, on the same slides and backbone")
+    p.add_argument("--ray-slides", type=int, default=3, help="with --ray: copies of the slide in the cohort")
     p.set_defaults(func=cmd_bench_extract)
 
 
@@ -126,7 +130,57 @@ def cmd_bench_extract(args: argparse.Namespace) -> int:
         raise InputError(f"{slide}: slide not found (give --slide PATH)")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.ray is not None:
+        write_json(run_ray_bench(slide, args.ray, args.ray_slides, args.backbone, args.weights, args.patch, args.mpp,
+                                 args.batch_size, args.workers), args.json)
+        return 0
     result = run_bench(slide, args.backbone, args.weights, args.patch, args.mpp, args.patches, args.batch_size,
                        args.workers, args.prefetch, args.repeat, args.device)
     write_json(result, args.json)
     return 0
+
+
+def run_ray_bench(slide_path: Path, address: str = "auto", copies: int = 3, backbone_name: str = "efficientnet_lite0",
+                  weights: Path | None = None, patch: int = 256, mpp: float = 0.5, batch_size: int = 32,
+                  workers: int = 2) -> dict[str, Any]:
+    """The same cohort (``copies`` links to one slide) extracted locally, then through the Ray cluster at
+    ``address`` (after a one-slide warm-up run that starts the workers); their patches/s and ratio (target >= 0.85).
+    Both timings include making the backbone (locally; in the cluster's actors) and writing the files."""
+    from core.backbones import create_backbone
+    from core.features import extract_cohort
+    from core.ray_runner import connect, extract_on_ray, shutdown
+
+    kw = {"patch_size": patch, "target_mpp": mpp, "min_tissue": 0.0, "batch_size": batch_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        slides = {}
+        for i in range(copies):
+            slides[f"b{i}"] = Path(tmp) / f"b{i}{slide_path.suffix}"
+            slides[f"b{i}"].symlink_to(slide_path.resolve())
+        t = time.perf_counter()
+        local = extract_cohort(slides, Path(tmp) / "local", create_backbone(backbone_name, weights, "auto"),
+                               num_workers=workers, **kw)
+        local_s = time.perf_counter() - t
+        t = time.perf_counter()
+        cluster = connect(address)
+        connect_s = time.perf_counter() - t
+        try:
+            t = time.perf_counter()
+            extract_on_ray({"b0": slides["b0"]}, Path(tmp) / "warm", backbone=backbone_name, weights=weights,
+                           log=lambda m: None, **kw)
+            warm_s = time.perf_counter() - t
+            ray = extract_on_ray(slides, Path(tmp) / "ray", backbone=backbone_name, weights=weights,
+                                 log=lambda m: None, **kw)
+        finally:
+            shutdown()
+    if local.failed or ray.failed:
+        raise InputError(f"{slide_path}: extraction failed ({local.failed or ray.failed})")
+    patches = ray.patches
+    return {
+        "benchmark": "extract-ray", "slide": str(slide_path), "slides": copies, "patches": patches,
+        "backbone": backbone_name, "patch_size": patch, "target_mpp": mpp, "batch_size": batch_size,
+        "local_workers": workers, "cluster": cluster, "connect_s": round(connect_s, 2),
+        "warmup_one_slide_s": round(warm_s, 2),
+        "local_s": round(local_s, 2), "ray_s": round(ray.seconds, 2),
+        "local_patches_per_s": round(patches / local_s, 2), "ray_patches_per_s": round(patches / ray.seconds, 2),
+        "ratio": round(local_s / ray.seconds, 3), "target_ratio": 0.85,
+    }

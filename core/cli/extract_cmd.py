@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from core.config import load_settings
 from core.errors import InputError
@@ -28,6 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo slides that already have a features file")
     p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                    help="stored feature type: float16 halves the files (training streams them either way)")
+    p.add_argument("--tta", choices=("none", "flips", "dihedral"), default="none",
+                   help="test-time augmentation: average each patch's features over its 2 flips or 8 flips and "
+                        "rotations (stored in the file; a model only takes features of its own mode)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                   help="spread the slides over a Ray cluster (auto: the one this machine joined, else a one-node "
+                        "cluster; ADDRESS: host:port of its head); slides must be on storage every node sees")
     p.set_defaults(func=cmd_extract)
 
 
@@ -62,10 +69,17 @@ def cmd_extract(args: argparse.Namespace) -> int:
     mpp = args.mpp or mpp
     min_tissue = min_tissue if args.min_tissue is None else args.min_tissue
     default_mpp = args.default_mpp if args.default_mpp is not None else default_mpp
+    if args.ray is not None:
+        if args.tta != "none":
+            raise InputError("extract: --tta is not available with --ray yet; extract TTA features without --ray")
+        return _extract_on_ray(args, slides, out, s.backbone, patch=patch, mpp=mpp, min_tissue=min_tissue,
+                               default_mpp=default_mpp, overrides=overrides, cache_dir=cache_dir,
+                               batch_size=args.batch_size or s.batch_size)
 
     backbone = create_backbone(args.backbone or s.backbone, args.weights, args.device or s.device)
     print(f"backbone {backbone.name} ({backbone.dim}-d, weights: {backbone.weights or 'random init'}) on "
-          f"{backbone.device}; {len(slides)} slides; {patch}px patches at {mpp} mpp -> {out}", file=sys.stderr)
+          f"{backbone.device}; {len(slides)} slides; {patch}px patches at {mpp} mpp"
+          f"{'' if args.tta == 'none' else f', TTA {args.tta}'} -> {out}", file=sys.stderr)
     with tqdm(total=len(slides), unit="slide", bar_format="{l_bar}{bar}| {n:.2f}/{total} [{elapsed}<{remaining}]",
               file=sys.stderr) as bar:
 
@@ -79,9 +93,34 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size or s.batch_size,
                                 num_workers=s.num_workers if args.workers is None else args.workers,
                                 cache_dir=cache_dir, overwrite=args.overwrite, progress=progress,
-                                dtype=args.dtype)
+                                dtype=args.dtype, tta=args.tta)
     print(f"extracted {len(report.written)}, already done {len(report.skipped)}, failed {len(report.failed)}",
           file=sys.stderr)
+    for image_id, reason in report.failed.items():
+        print(f"error: {image_id}: {reason}", file=sys.stderr)
+    return 2 if report.failed else 0
+
+
+def _extract_on_ray(args: argparse.Namespace, slides: dict[str, Path], out: Path, default_backbone: str,
+                    **kw: Any) -> int:
+    """``extract --ray``: the same files through a Ray cluster (core/ray_runner.py), with a summary."""
+    from core.ray_runner import connect, extract_on_ray, shutdown
+
+    print(connect(args.ray), file=sys.stderr)
+    print(f"{len(slides)} slides; {kw['patch']}px patches at {kw['mpp']} mpp -> {out}", file=sys.stderr)
+    try:
+        report = extract_on_ray(slides, out, backbone=args.backbone or default_backbone, weights=args.weights,
+                                device=args.device or "auto", patch_size=kw["patch"], target_mpp=kw["mpp"],
+                                min_tissue=kw["min_tissue"], mpp_overrides=kw["overrides"],
+                                default_mpp=kw["default_mpp"], batch_size=kw["batch_size"],
+                                cache_dir=kw["cache_dir"], overwrite=args.overwrite, dtype=args.dtype, tta=args.tta,
+                                bars=True)
+    finally:
+        shutdown()
+    rate = f" ({report.patches / report.seconds:.1f} patches/s)" if report.seconds > 0 and report.patches else ""
+    print(f"extracted {len(report.written)}, already done {len(report.skipped)}, failed {len(report.failed)}, "
+          f"retried {len(report.retries)} time(s) after worker failures; {report.patches} patches in "
+          f"{report.seconds:.0f} s{rate}", file=sys.stderr)
     for image_id, reason in report.failed.items():
         print(f"error: {image_id}: {reason}", file=sys.stderr)
     return 2 if report.failed else 0

@@ -18,6 +18,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default=None, help="model version with --cohort (default: the latest)")
     p.add_argument("--force", action="store_true", help="recompute slides that are already done")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.add_argument("--mc-samples", type=int, default=0, metavar="K",
+                   help="Monte-Carlo dropout: average K draws with dropout on; adds the spread as 'uncertainty'")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
+                   help="predict on a Ray cluster (auto: the one this machine joined, else a one-node cluster; "
+                        "ADDRESS: host:port of its head; --device cuda: one model per GPU); the model, features and "
+                        "output folders must be on storage every node sees")
     p.set_defaults(func=run)
 
 
@@ -36,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(note, file=sys.stderr)
         features = args.features or cohort.features
-        loaded = load_model(model_dir, device=resolve_device(args.device))
+        loaded = load_model(model_dir, mc_samples=args.mc_samples, device="cpu" if args.ray else resolve_device(args.device))
         out = args.out or Path(cohort.results) / loaded.version
     else:
         if args.model is None or args.features is None or args.out is None:
@@ -44,8 +50,10 @@ def run(args: argparse.Namespace) -> int:
         model_dir, note = resolve_model_arg(args.model)
         if note:
             print(note, file=sys.stderr)
-        loaded = load_model(model_dir, device=resolve_device(args.device))
+        loaded = load_model(model_dir, mc_samples=args.mc_samples, device="cpu" if args.ray else resolve_device(args.device))
         features, out = args.features, args.out
+    if args.ray is not None:
+        return _infer_on_ray(args, loaded, features, out)
     progress, bar = _tqdm_progress(f"infer {loaded.version}")
     try:
         df = infer_features(loaded, features, out, progress=progress, force=args.force)
@@ -54,3 +62,20 @@ def run(args: argparse.Namespace) -> int:
     n_out = int((df["ood_score"] > (loaded.meta.get("ood") or {}).get("threshold", float("inf"))).sum())
     print(f"{len(df)} slide(s) in {out / 'predictions.csv'}; {n_out} over the OOD threshold ('Other?')")
     return 0
+
+
+def _infer_on_ray(args: argparse.Namespace, loaded: object, features: Path, out: Path) -> int:
+    """``infer --ray``: core/ray_jobs.py, with a summary; non-zero exit if a slide failed."""
+    from core.ray_jobs import infer_on_ray
+    from core.ray_runner import shutdown
+
+    try:
+        report = infer_on_ray(loaded, features, out, address=args.ray, force=args.force, device=args.device,
+                              bars=True)
+    finally:
+        shutdown()
+    print(f"predicted {len(report.written)}, already done {len(report.skipped)}, failed {len(report.failed)}, "
+          f"retried {len(report.retries)} time(s) after worker failures -> {out / 'predictions.csv'}", file=sys.stderr)
+    for image_id, reason in report.failed.items():
+        print(f"error: {image_id}: {reason}", file=sys.stderr)
+    return 2 if report.failed else 0
