@@ -16,6 +16,8 @@ from core.errors import InputError
 
 REQUIRED = ("image_id", "label")
 TRUTHY = {"1", "true", "yes", "y", "t"}
+# UBC-OCEAN's train.csv: image_id,label,image_width,image_height,is_tma
+TMA_MPP, WSI_MPP = 0.25, 0.5  # TMA cores scanned at 40x, whole slides at 20x
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,40 @@ def _rows(index: Iterable[int], limit: int = 8) -> str:
     """File line numbers of data rows (line 1 is the header)."""
     nums = [str(i + 2) for i in index]  # +1 for the header, +1 for 1-based lines
     return ", ".join(nums[:limit]) + (" ..." if len(nums) > limit else "")
+
+
+def _columns(path: str | Path, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """Just ``image_id`` and ``columns`` of a labels CSV, or None when the file or a column is missing."""
+    try:
+        head = pd.read_csv(path, nrows=0)
+        if "image_id" not in head.columns or not set(columns) <= set(head.columns):
+            return None
+        df = pd.read_csv(path, usecols=["image_id", *columns], dtype={"image_id": str}, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError):
+        return None
+    df["image_id"] = df["image_id"].astype(str).str.strip()
+    return df
+
+
+def mpps_from_labels(path: str | Path | None) -> dict[str, float]:
+    """UBC-OCEAN style: each slide's mpp from an ``is_tma`` column (0.25 for TMA cores at 40x, 0.5 for whole slides
+    at 20x); {} when the file has no such column or cannot be read (``read_labels`` reports why)."""
+    df = _columns(path, ("is_tma",)) if path is not None else None
+    if df is None:
+        return {}
+    out: dict[str, float] = {}
+    for image_id, flag in zip(df["image_id"], df["is_tma"], strict=True):
+        text = str(flag).strip().lower()
+        if image_id and text in TRUTHY | {"0", "false", "no", "n", "f"}:
+            out[image_id] = TMA_MPP if text in TRUTHY else WSI_MPP
+    return out
+
+
+def sizes_from_labels(path: str | Path | None) -> dict[str, tuple[int, int]]:
+    """UBC-OCEAN style: each slide's (width, height) from ``image_width`` and ``image_height`` columns, or {}."""
+    df = _columns(path, ("image_width", "image_height")) if path is not None else None
+    if df is None:
+        return {}
+    w = pd.to_numeric(df["image_width"], errors="coerce")
+    h = pd.to_numeric(df["image_height"], errors="coerce")
+    return {i: (int(a), int(b)) for i, a, b in zip(df["image_id"], w, h, strict=True) if i and a > 0 and b > 0}

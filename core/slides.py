@@ -1,9 +1,12 @@
-"""One ``Slide`` interface over every format OpenSlide reads and over plain PNG/JPEG images.
+"""One ``Slide`` interface over every format OpenSlide reads, plain PNG/JPEG images and other TIFFs.
 
-Plain images (TMA cores, UBC-OCEAN's PNG exports) are converted once into a cached pyramidal tiled TIFF
-(see ``core.pyramid``) and then read through OpenSlide like any other slide, so regions, thumbnails and
-Deep Zoom tiles behave identically for every format. This is the only module that opens slides; for Deep Zoom
-tiles of tiled TIFF levels it reads the TIFF tiles itself through ``core.tiff_direct`` (checked against OpenSlide).
+Plain images (TMA cores, UBC-OCEAN's PNG exports) and TIFFs OpenSlide does not read (strip TIFFs from ImageJ or a
+scanner's export tool, untiled OME-TIFFs) are streamed once into a cached pyramidal tiled TIFF (``core.pyramid``)
+and then read through OpenSlide like any other slide; tiled OME-TIFF pyramids are read directly
+(``core.ome_tiff``). Regions, thumbnails and Deep Zoom tiles behave identically for every format. This is the only
+module that opens slides; for Deep Zoom tiles of tiled TIFF levels it reads the TIFF tiles itself through
+``core.tiff_direct`` (checked against OpenSlide). Which route a file takes comes from its header
+(``core.image_headers``), which is all ``cohort init`` reads.
 
 Coordinate planes follow openslide's naming: ``l0_`` level-0 pixels, ``l_`` pixels of a given level.
 """
@@ -23,11 +26,13 @@ from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
 from core.errors import SlideError
+from core.image_headers import CONVERT, DIRECT, check_file, read_header
 from core.tiff_direct import DirectTiffReader, open_direct
 
 log = logging.getLogger(__name__)
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+THUMBNAIL_SUFFIX = "_thumbnail"  # UBC-OCEAN's <image_id>_thumbnail.png, beside the slide or in a *thumbnails folder
 SLIDE_SUFFIXES = (
     ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
     *PLAIN_IMAGE_SUFFIXES,
@@ -85,8 +90,15 @@ class Slide:
 
     @property
     def file_mpp(self) -> float | None:
-        """Microns per pixel recorded in the file (mean of x and y), or None."""
+        """Microns per pixel recorded in the file (mean of x and y), or None. For a converted image: the source
+        file's own value (the pyramid's resolution tags may hold a per-slide mpp given at conversion)."""
         props = self._osr.properties
+        if self.read_path != self.path:
+            from core.pyramid import source_mpp_of
+
+            ours, mpp = source_mpp_of(props.get(openslide.PROPERTY_NAME_COMMENT))
+            if ours:
+                return mpp
         try:
             mx = float(props[openslide.PROPERTY_NAME_MPP_X])
             my = float(props.get(openslide.PROPERTY_NAME_MPP_Y, mx))
@@ -115,8 +127,8 @@ class Slide:
 
     @property
     def vendor(self) -> str:
-        if self.path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
-            return "image"
+        if self.path.suffix.lower() in PLAIN_IMAGE_SUFFIXES or self.read_path != self.path:
+            return "image"  # converted into a cached pyramid
         return self._osr.properties.get(openslide.PROPERTY_NAME_VENDOR, "unknown")
 
     @property
@@ -338,6 +350,8 @@ def image_id_for(path: str | Path) -> str:
     path = Path(path)
     if path.suffix.lower() == ".dcm":
         return path.parent.name
+    if path.suffix.lower() in (".tif", ".tiff") and path.stem.lower().endswith(".ome"):
+        return path.stem[:-4]  # x.ome.tiff -> x
     return path.stem
 
 
@@ -368,15 +382,6 @@ def _rgba_to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255,
     return bg
 
 
-def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise SlideError(path, "file not found")
-    if path.is_dir():
-        raise SlideError(path, "is a directory, not a slide file")
-    if path.stat().st_size == 0:
-        raise SlideError(path, "file is empty")
-
-
 def _validate(slide: Slide) -> None:
     """Read a little from the smallest level so truncated files fail at open, not mid-review."""
     level = slide.level_count - 1
@@ -390,37 +395,44 @@ def _validate(slide: Slide) -> None:
             slide.read_region((max(0, x), max(0, y)), level, (min(w, 256), min(h, 256)))
 
 
+def default_cache_dir(cache_dir: str | Path | None) -> Path:
+    """Where converted pyramids go: ``cache_dir`` or ``data/.cache``."""
+    return Path(cache_dir) if cache_dir else Path("data/.cache")
+
+
 def open_slide(path: str | Path, *, mpp: float | None = None, cache_dir: str | Path | None = None,
                progress: ProgressFn | None = None, validate: bool = True) -> Slide:
     """Open any supported slide, raising ``SlideError`` with a one-line reason on failure.
 
-    ``mpp`` overrides the file's value. Plain PNG/JPEG images are converted once into a pyramid under
-    ``cache_dir`` (default: ``data/.cache``); ``progress(fraction, message)`` reports that conversion.
+    ``mpp`` overrides the file's value. Plain PNG/JPEG images and TIFFs OpenSlide cannot read are streamed once
+    into a pyramid under ``cache_dir`` (default: ``data/.cache``), with ``mpp`` in its resolution tags;
+    ``progress(fraction, message)`` reports that conversion. Tiled OME-TIFF pyramids are read directly.
     """
     path = Path(path)
-    _check_path(path)
+    check_file(path)
+    if mpp is not None and not (mpp > 0):
+        raise SlideError(path, f"invalid mpp override {mpp}")
     read_path = path
     if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
         from core.pyramid import ensure_pyramid
 
-        read_path = ensure_pyramid(path, Path(cache_dir) if cache_dir else Path("data/.cache"), progress)
+        read_path = ensure_pyramid(path, default_cache_dir(cache_dir), progress, mpp=mpp)
+        osr = _openslide(read_path, path)
     else:
-        try:
-            fmt = openslide.OpenSlide.detect_format(str(path))
-        except openslide.OpenSlideError as exc:
-            raise SlideError(path, f"corrupt or truncated slide ({exc})") from exc
-        if fmt is None:
-            raise SlideError(path, "unsupported format: not a slide OpenSlide can read, nor a PNG/JPEG image")
-    try:
-        osr = openslide.OpenSlide(str(read_path))
-    except openslide.OpenSlideUnsupportedFormatError as exc:
-        raise SlideError(path, "unsupported format: not a slide OpenSlide can read") from exc
-    except openslide.OpenSlideError as exc:
-        raise SlideError(path, f"corrupt or truncated slide ({exc})") from exc
-    except (OSError, ValueError) as exc:
-        raise SlideError(path, f"cannot open ({exc})") from exc
-    if mpp is not None and not (mpp > 0):
-        raise SlideError(path, f"invalid mpp override {mpp}")
+        header = read_header(path)  # corrupt, truncated, unsupported format or compression: SlideError
+        if header.route == DIRECT:
+            from core.ome_tiff import OmeTiffSlide
+
+            try:
+                osr = OmeTiffSlide(path, mpp=header.mpp)
+            except Exception as exc:  # noqa: BLE001 (tifffile's many parse errors)
+                raise SlideError(path, f"corrupt or truncated OME-TIFF ({exc})") from None
+        else:
+            if header.route == CONVERT:
+                from core.pyramid import ensure_pyramid
+
+                read_path = ensure_pyramid(path, default_cache_dir(cache_dir), progress, mpp=mpp or header.mpp)
+            osr = _openslide(read_path, path)
     slide = Slide(read_path, osr, mpp_override=mpp, source_path=path)
     if validate:
         try:
@@ -429,6 +441,31 @@ def open_slide(path: str | Path, *, mpp: float | None = None, cache_dir: str | P
             slide.close()
             raise
     return slide
+
+
+def _openslide(read_path: Path, path: Path) -> openslide.OpenSlide:
+    try:
+        return openslide.OpenSlide(str(read_path))
+    except openslide.OpenSlideUnsupportedFormatError as exc:
+        raise SlideError(path, "unsupported format: not a slide OpenSlide can read") from exc
+    except openslide.OpenSlideError as exc:
+        raise SlideError(path, f"corrupt or truncated slide ({exc})") from exc
+    except (OSError, ValueError) as exc:
+        raise SlideError(path, f"cannot open ({exc})") from exc
+
+
+def needs_conversion(path: str | Path, cache_dir: str | Path | None = None) -> bool:
+    """Whether opening ``path`` would first convert it (a PNG/JPEG or other TIFF whose pyramid is not cached yet).
+
+    Reads the header only; False for unreadable files (opening them reports why)."""
+    from core.pyramid import has_pyramid
+
+    path = Path(path)
+    try:
+        route = CONVERT if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES else read_header(path).route
+    except SlideError:
+        return False
+    return route == CONVERT and not has_pyramid(path, default_cache_dir(cache_dir))
 
 
 class SlideCache:
@@ -481,6 +518,8 @@ def find_slides(root: str | Path) -> dict[str, Path]:
     for p in sorted(root.rglob("*")):
         if not p.is_file() or p.suffix.lower() not in SLIDE_SUFFIXES or p.name.startswith("."):
             continue
+        if p.suffix.lower() in PLAIN_IMAGE_SUFFIXES and p.stem.endswith(THUMBNAIL_SUFFIX):
+            continue  # a slide's ready-made thumbnail (UBC-OCEAN), not a slide
         image_id = image_id_for(p)
         if p.suffix.lower() == ".dcm" and image_id in found:
             continue

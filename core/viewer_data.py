@@ -138,7 +138,7 @@ def chooser_rows(rows: pd.DataFrame, thumbs: Sequence[str | None]) -> pd.DataFra
 
 def thumbnail_data_url(path: Path, cache_dir: Path, size: int = 64) -> str | None:
     """A small JPEG thumbnail as a data URL, kept on disk under ``cache_dir/thumbs``; ``None`` when the slide
-    cannot be read or has no thumbnail without a conversion (``core.slides.quick_thumbnail``: a list must not
+    cannot be read or has no thumbnail without a conversion (``core.slide_thumbnails.quick_thumbnail``: a list must not
     convert a cohort)."""
     from core.slide_thumbnails import quick_thumbnail
 

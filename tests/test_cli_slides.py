@@ -56,3 +56,23 @@ def test_bad_input_exit_2_one_line_no_traceback(tmp_path: Path, kind: str) -> No
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0]
+
+
+def test_info_on_tiffs_openslide_cannot_read(tmp_path: Path) -> None:
+    """A strip TIFF (ImageJ, a scanner's export tool) is converted, not refused; a TIFF whose compression cannot be
+    decoded gets one line naming the file and the compression."""
+    import numpy as np
+    import tifffile
+
+    rgb = np.full((300, 400, 3), (200, 120, 160), np.uint8)
+    strip = tmp_path / "export.tif"
+    tifffile.imwrite(strip, rgb, photometric="rgb", rowsperstrip=8)
+    r = run_cli("info", str(strip), "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert (info["width"], info["height"], info["vendor"]) == (400, 300, "image")
+    lzma = tmp_path / "lzma.tif"
+    tifffile.imwrite(lzma, rgb, photometric="rgb", compression="lzma")
+    r = run_cli("info", str(lzma))
+    assert r.returncode == 2 and r.stderr.strip() == (f"error: {lzma}: unsupported TIFF compression LZMA (34925): "
+                                                      "re-save it with JPEG, LZW, deflate or no compression")

@@ -88,3 +88,87 @@ def test_unreadable_slides_are_named(tmp_path: Path, slides: Path) -> None:
     assert str(slides / "broken.svs") in rep.unreadable["broken"]
     rep, cohort = init_cohort(tmp_path / "s.toml", slides, strict=True)
     assert cohort is None and any("broken.svs" in e for e in rep.errors)
+
+
+def _ubc_folder(tmp: Path, n: int = 4) -> tuple[Path, Path]:
+    """A UBC-OCEAN-style folder: train_images/<id>.png, train_thumbnails/<id>_thumbnail.png, train.csv."""
+    import numpy as np
+    from PIL import Image
+
+    images, thumbs = tmp / "train_images", tmp / "train_thumbnails"
+    images.mkdir()
+    thumbs.mkdir()
+    rows = ["image_id,label,image_width,image_height,is_tma"]
+    for i in range(n):
+        w, h = 700 + 50 * i, 500
+        Image.fromarray(synthetic_tissue(w, h, seed=i)).save(images / f"{10 + i}.png")
+        Image.fromarray(np.full((50, 70, 3), (30 * i, 200, 90), np.uint8)).save(thumbs / f"{10 + i}_thumbnail.png")
+        tma = "True" if i == 0 else "False"
+        rows.append(f"{10 + i},{'CC' if i % 2 else 'HGSC'},{w},{h + (7 if i == 3 else 0)},{tma}")
+    (tmp / "train.csv").write_text("\n".join(rows) + "\n")
+    return images, tmp / "train.csv"
+
+
+def test_init_on_pngs_reads_headers_and_converts_nothing(tmp_path: Path) -> None:
+    images, labels = _ubc_folder(tmp_path)
+    (images / "10_thumbnail.png").write_bytes((tmp_path / "train_thumbnails" / "10_thumbnail.png").read_bytes())
+    out = tmp_path / "study" / "cohort.toml"
+    r = run_cli("cohort", "init", "--slides", str(images), "--labels", str(labels), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "4 image(s) (2 megapixels) are converted to pyramids on first view" in r.stdout
+    assert f"python -m core convert --cohort {out}" in r.stdout
+    assert "1 image size(s) differ from the file's header: 13 (header 850x500, labels 850x507)" in r.stderr
+    assert not (tmp_path / "study" / ".cache").exists()  # nothing converted, not even into a temporary cache
+    c = load_cohort(out)
+    assert set(c.slide_paths) == {"10", "11", "12", "13"}  # a *_thumbnail.png is not a slide
+    assert c.mpp_for("10") == 0.25 and c.mpp_for("11") == 0.5  # is_tma: 40x TMA, 20x whole slide
+
+
+def test_init_report_lists_sizes_and_images_to_convert(tmp_path: Path) -> None:
+    images, labels = _ubc_folder(tmp_path, n=2)
+    (images / "broken.png").write_bytes((images / "10.png").read_bytes()[:3000])
+    rep, cohort = init_cohort(tmp_path / "c.toml", images, labels)
+    assert cohort is not None and rep.sizes["10"] == (700, 500) and rep.to_convert == ["10", "11"]
+    assert "truncated PNG" in rep.unreadable["broken"]
+
+
+def test_is_tma_mpp_is_overridden_by_the_cohort_and_written_into_the_pyramid(tmp_path: Path) -> None:
+    import openslide
+
+    from core.convert import convert_cohort
+    from core.pyramid import pyramid_path
+
+    images, labels = _ubc_folder(tmp_path, n=2)
+    toml = tmp_path / "cohort.toml"
+    toml.write_text(f'slides = "{images}"\nlabels = "{labels}"\n[mpp]\n"11" = 0.3\n')
+    c = load_cohort(toml)
+    assert c.slide_mpps == {"10": 0.25, "11": 0.3}
+    report = convert_cohort(c)
+    assert report.converted == ["10", "11"] and not report.failed
+    for image_id, mpp in (("10", 0.25), ("11", 0.3)):
+        props = openslide.OpenSlide(str(pyramid_path(c.slide_path(image_id), c.cache_dir))).properties
+        assert float(props["openslide.mpp-x"]) == pytest.approx(mpp, rel=1e-6)
+    assert convert_cohort(c).skipped == ["10", "11"]  # resumable: done ones are not redone
+
+
+def test_list_thumbnails_use_the_thumbnail_files_and_never_convert(tmp_path: Path) -> None:
+    from core.slide_thumbnails import quick_thumbnail, sidecar_thumbnail
+    from core.viewer_data import thumbnail_data_url
+
+    images, _ = _ubc_folder(tmp_path, n=2)
+    assert sidecar_thumbnail(images / "11.png") == tmp_path / "train_thumbnails" / "11_thumbnail.png"
+    thumb = quick_thumbnail(images / "11.png", 35, tmp_path / "cache")
+    assert thumb is not None and thumb.size == (35, 25) and thumb.getpixel((10, 10)) == (30, 200, 90)
+    assert thumbnail_data_url(images / "11.png", tmp_path / "cache", 32).startswith("data:image/jpeg;base64,")
+    (tmp_path / "train_thumbnails" / "10_thumbnail.png").unlink()
+    assert quick_thumbnail(images / "10.png", 64, tmp_path / "cache") is None  # no thumbnail file, not converted
+    assert not (tmp_path / "cache" / "pyramids").exists()
+
+
+def test_is_tma_gives_an_mpp_only_to_files_that_state_none(tmp_path: Path, slides: Path) -> None:
+    labels = _labels(tmp_path, "image_id,label,is_tma\ncase_a,CC,True\ncase_b,EC,False\ncase_c,CC,True\n")
+    toml = tmp_path / "c.toml"
+    toml.write_text(f'slides = "{slides}"\nlabels = "{labels}"\n')
+    c = load_cohort(toml)
+    assert c.mpp_for("case_a") is None and c.mpp_for("case_b") is None  # SVS and TIFF with resolution: their own
+    assert c.mpp_for("case_c") == 0.25  # a TIFF without resolution tags: the column's

@@ -40,7 +40,7 @@ def cmd_init(args: argparse.Namespace) -> int:
                               models=args.models, database=args.database, default_mpp=args.default_mpp,
                               patch_size=args.patch, target_mpp=args.mpp, classes=classes, strict=args.strict,
                               open_slides=not args.no_open)
-    for line in rep.lines():
+    for line in rep.lines(cohort.source if cohort is not None else None):
         print(line, file=sys.stderr if line.startswith(("error", "warning")) else sys.stdout)
     if cohort is None:
         print(f"error: {args.out}: not written ({len(rep.errors)} problem(s) above)", file=sys.stderr)
