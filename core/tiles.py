@@ -9,6 +9,7 @@ Routes (all GET, all under ``/tiles/``; anything else under ``/tiles/`` is a 4xx
   ``top`` (fraction of patches shown, 0..1]
 - ``/tiles/attention/<version>/<image_id>/at.json?x=&y=``     the patch under a level-0 point and its raw values
 - ``/tiles/_static/osd/<file>``                               OpenSeadragon's build (from node_modules)
+- ``/tiles/_static/annotorious/<file>``                       Annotorious for OpenSeadragon's build (UMD + CSS)
 
 Every route accepts ``?cohort=<name>`` when two registered cohorts share an image id. Slides are found only
 among the cohorts the app registered (``register_cohort``): an id is a dictionary key, never a path.
@@ -45,12 +46,14 @@ from core.attention_layers import (  # noqa: F401  (re-exported: the page and te
 )
 from core.cohort import Cohort, default_cohort_path, load_cohort
 from core.errors import SlideLensError
-from core.slides import DZ_OVERLAP, DZ_TILE_SIZE, Slide, SlideCache
+from core.slide_cache import SlideCache
+from core.slides import DZ_OVERLAP, DZ_TILE_SIZE, Slide
 
 JPEG_QUALITY = 80
 SLIDE_CACHE_CONTROL = "public, max-age=86400"
 OVERLAY_CACHE_CONTROL = "public, max-age=3600"
 OSD_DIR = Path(__file__).resolve().parents[1] / "node_modules" / "openseadragon" / "build" / "openseadragon"
+ANNO_DIR = Path(__file__).resolve().parents[1] / "node_modules" / "@annotorious" / "openseadragon" / "dist"
 
 _cohorts: OrderedDict[str, Cohort] = OrderedDict()
 _cohorts_lock = threading.Lock()
@@ -220,6 +223,29 @@ def _osd_static(request: Request, path: str) -> Response:
     return Response(file.read_bytes(), media_type=media, headers={"Cache-Control": "public, max-age=86400"})
 
 
+_anno_files: dict[str, Path] | None = None
+
+
+def _anno_file(rel: str) -> Path:
+    """A file of Annotorious's build: only its top-level .js/.css files (an allow-list built once)."""
+    global _anno_files
+    if _anno_files is None:
+        _anno_files = ({p.name: p for p in ANNO_DIR.iterdir() if p.is_file() and p.suffix in (".js", ".css")}
+                       if ANNO_DIR.is_dir() else {})
+    path = _anno_files.get(rel)
+    if path is None:
+        hint = "" if _anno_files else " (Annotorious is not installed: run `make install`)"
+        raise TileError(404, f"no such file {rel!r}{hint}")
+    return path
+
+
+@_answer
+def _anno_static(request: Request, path: str) -> Response:
+    file = _anno_file(path)
+    media = "text/css" if file.suffix == ".css" else "text/javascript"
+    return Response(file.read_bytes(), media_type=media, headers={"Cache-Control": "public, max-age=86400"})
+
+
 @_answer
 def _not_found(request: Request, rest: str) -> Response:
     if ".." in rest.split("/") or "\\" in rest:
@@ -262,6 +288,7 @@ def tile_routes() -> list[Route]:
     tile = "{level:int}/{col:int}_{row:int}"
     return [
         Route("/tiles/_static/osd/{path:path}", _osd_static, methods=["GET"]),
+        Route("/tiles/_static/annotorious/{path:path}", _anno_static, methods=["GET"]),
         Route("/tiles/attention/{version}/{image_id}_files/" + tile + ".png", _overlay_tile, methods=["GET"]),
         Route("/tiles/attention/{version}/{image_id}/at.json", _attention_at, methods=["GET"]),
         Route("/tiles/{image_id}.dzi", _dzi, methods=["GET"]),

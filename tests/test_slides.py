@@ -12,7 +12,8 @@ from PIL import Image
 
 from conftest import DICOM, PYRAMID_TIFF, SVS, synthetic_tissue, write_pyramid_tiff
 from core.errors import SlideError
-from core.slides import SlideCache, find_slides, open_slide
+from core.slide_cache import SlideCache
+from core.slides import find_slides, open_slide
 
 
 @pytest.mark.parametrize(
