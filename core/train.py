@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core import history, outliers
 from core import models as mfolders
-from core import outliers
 from core.config import resolve_device
 from core.errors import InputError
 from core.labels import read_labels
@@ -28,6 +28,7 @@ from core.mil import MILModel, create_model, list_models
 from core.train_data import Bag, input_stats, load_bags, predict_bags, write_oof_attention
 
 Progress = Callable[[float, str], None]
+EpochHook = Callable[[int, MILModel, float, "float | None"], None]
 
 DEFAULTS: dict[str, dict[str, Any]] = {  # per-model training defaults (small bags, CPU-cheap)
     "abmil": {"lr": 1e-3, "epochs": 40, "model_kwargs": {"hidden": 256, "dropout": 0.25}},
@@ -72,10 +73,11 @@ def _balanced_order(y: np.ndarray, gen: torch.Generator) -> list[int]:
 
 def fit(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device: str, seed: int,
         val: tuple[list[Bag], np.ndarray] | None = None, epochs: int | None = None,
-        progress: Callable[[float], None] | None = None) -> tuple[MILModel, int]:
+        progress: Callable[[float], None] | None = None, on_epoch: EpochHook | None = None) -> tuple[MILModel, int]:
     """Train one model; with ``val``, keep the weights of the epoch with the lowest validation loss.
 
-    Returns the model (eval mode) and the number of epochs that produced it.
+    ``on_epoch(epoch, model, mean training loss, validation loss or None)`` is called after every epoch (it must not
+    draw random numbers). Returns the model (eval mode) and the number of epochs that produced it.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -89,6 +91,7 @@ def fit(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device
     stale = 0
     for epoch in range(epochs):
         model.train()
+        loss_sum = torch.zeros((), device=device)
         for i in _balanced_order(y, gen):
             n = bags[i].n
             x = bags[i].rows(torch.randperm(n, generator=gen)[: s.max_patches] if n > s.max_patches else None)
@@ -97,10 +100,13 @@ def fit(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device
             loss.backward()
             opt.step()
             sched.step()
+            loss_sum += loss.detach()
         if progress is not None:
             progress((epoch + 1) / epochs)
-        if val is not None:
-            vloss = _mean_loss(model, val[0], val[1], device)
+        vloss = _mean_loss(model, val[0], val[1], device) if val is not None else None
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model, float(loss_sum) / max(len(y), 1), vloss)
+        if vloss is not None:
             if vloss < best[0] - 1e-4:
                 best, stale = (vloss, epoch + 1, {k: v.detach().clone() for k, v in model.state_dict().items()}), 0
             else:
@@ -134,13 +140,14 @@ def _inner_split(y: np.ndarray, s: TrainSettings, seed: int) -> tuple[np.ndarray
 
 
 def _fit_with_stopping(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device: str, seed: int,
-                       progress: Callable[[float], None] | None) -> tuple[MILModel, int]:
+                       progress: Callable[[float], None] | None,
+                       on_epoch: EpochHook | None = None) -> tuple[MILModel, int]:
     split = _inner_split(y, s, seed)
     if split is None:
-        return fit(bags, y, n_classes, s, device, seed, progress=progress)
+        return fit(bags, y, n_classes, s, device, seed, progress=progress, on_epoch=on_epoch)
     tr, va = split
     return fit([bags[i] for i in tr], y[tr], n_classes, s, device, seed, val=([bags[i] for i in va], y[va]),
-               progress=progress)
+               progress=progress, on_epoch=on_epoch)
 
 
 def make_folds(y: np.ndarray, folds: int, seed: int, path: Path) -> np.ndarray:
@@ -182,24 +189,28 @@ def _ood_fit_score(s: TrainSettings, ref_emb: np.ndarray, ref_y: np.ndarray, emb
 
 def train_model(features_dir: str | Path, labels_csv: str | Path, model: str = "abmil",
                 out_dir: str | Path | None = None, folds: int = 5, epochs: int | None = None, seed: int = 0,
-                progress: Progress | None = None, device: str = "auto", **overrides: Any) -> Path:
+                progress: Progress | None = None, device: str = "auto",
+                on_epoch: Callable[[dict[str, Any]], None] | None = None, **overrides: Any) -> Path:
     """Train ``model`` on the labelled slides that have features; return the new model folder.
 
     Writes ``<out_dir>/<vNNN-model>/`` (default ``out_dir``: ``<features_dir>/../models``) with model.json,
-    weights.safetensors, ood.safetensors, oof_predictions.csv, folds.csv and oof_attention.h5.
+    weights.safetensors, ood.safetensors, oof_predictions.csv, folds.csv, oof_attention.h5, history.csv (see
+    core/history.py; ``on_epoch`` receives each row as it is recorded) and folds/fold<k>.safetensors (+ its OOD
+    reference), the fold models a fold ensemble is made of.
     """
 
     t0 = time.time()
     threads = torch.get_num_threads()
     try:
-        return _train(features_dir, labels_csv, model, out_dir, folds, epochs, seed, progress, device, t0, overrides)
+        return _train(features_dir, labels_csv, model, out_dir, folds, epochs, seed, progress, device, t0, overrides,
+                      on_epoch)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir: str | Path | None, folds: int,
            epochs: int | None, seed: int, progress: Progress | None, device: str, t0: float,
-           overrides: dict[str, Any]) -> Path:
+           overrides: dict[str, Any], on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Path:
     from safetensors.torch import save_file
 
     if model not in list_models():
@@ -238,6 +249,8 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
     oof_ood = np.zeros(len(ids))
     oof_attention: dict[str, np.ndarray] = {}
     best_epochs = []
+    hist_rows: list[dict[str, Any]] = []
+    fold_states: list[tuple[dict[str, torch.Tensor], outliers.OODReference | None]] = []
     for f in range(k):
         tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
 
@@ -245,18 +258,23 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
             _report(progress, (f + frac) / n_fits, f"fold {f + 1}/{k}")
 
         m, best_epoch = _fit_with_stopping([bags[i] for i in tr], y[tr], len(classes), s, device, seed + f,
-                                           fold_progress)
+                                           fold_progress, _history_hook(hist_rows, f, [bags[i] for i in te], y[te],
+                                                                        classes, device, on_epoch))
+        for row in hist_rows:
+            row["chosen"] = row["chosen"] or (row["fold"] == f and row["epoch"] == best_epoch)
         best_epochs.append(best_epoch)
         out_tr = predict_bags(m, [bags[i] for i in tr], device)
         out_te = predict_bags(m, [bags[i] for i in te], device)
-        _, scores = _ood_fit_score(s, out_tr.embeddings, y[tr], out_te.embeddings, out_te.logits)
+        fold_ref, scores = _ood_fit_score(s, out_tr.embeddings, y[tr], out_te.embeddings, out_te.logits)
+        fold_states.append(({n: v.detach().cpu().contiguous() for n, v in m.state_dict().items()}, fold_ref))
         oof_probs[te], oof_ood[te] = out_te.probs, scores
         for j, i in enumerate(te):
             oof_attention[ids[i]] = out_te.attention[j]
     final_epochs = int(np.ceil(np.median(best_epochs))) if best_epochs else s.epochs
     _report(progress, k / n_fits, f"final model ({final_epochs} epochs, {len(ids)} slides)")
     final, _ = fit(bags, y, len(classes), s, device, seed + 1000, epochs=max(final_epochs, 3),
-                   progress=lambda frac: _report(progress, (k + frac) / n_fits, "final model"))
+                   progress=lambda frac: _report(progress, (k + frac) / n_fits, "final model"),
+                   on_epoch=_history_hook(hist_rows, history.FINAL_FOLD, [], y[:0], classes, device, on_epoch))
     out_all = predict_bags(final, bags, device)
     ref, _ = _ood_fit_score(s, out_all.embeddings, y, out_all.embeddings, out_all.logits)
     oof = predictions_frame(ids, oof_probs, classes, oof_ood)
@@ -286,7 +304,29 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
     pd.DataFrame({"image_id": ids, "label": [classes[i] for i in y], "fold": fold}).to_csv(
         staging / "folds.csv", index=False)
     write_oof_attention(staging / "oof_attention.h5", bags, oof_attention)
+    history.history_frame(hist_rows, classes).to_csv(staging / history.HISTORY_CSV, index=False)
+    (staging / mfolders.FOLDS_DIR).mkdir()
+    for f, (state, fold_ref) in enumerate(fold_states):
+        save_file(state, str(staging / mfolders.fold_weights(f)))
+        if fold_ref is not None:
+            outliers.save_reference(fold_ref, staging / mfolders.fold_ood(f))
     (staging / mfolders.MODEL_JSON).write_text(json.dumps(meta, indent=2, default=str))
     path = mfolders.publish(staging, out_dir, model)
     _report(progress, 1.0, f"saved {path.name}")
     return path
+
+
+def _history_hook(rows: list[dict[str, Any]], fold: int, held_out: list[Bag], y_held: np.ndarray,
+                  classes: list[str], device: str, report: Callable[[dict[str, Any]], None] | None) -> EpochHook:
+    """An ``on_epoch`` hook appending one history row per epoch (scored on ``held_out``) to ``rows``."""
+
+    def hook(epoch: int, model: MILModel, train_loss: float, stop_loss: float | None) -> None:
+        row: dict[str, Any] = {"fold": fold, "epoch": epoch, "train_loss": train_loss,
+                               "stop_loss": np.nan if stop_loss is None else stop_loss, "chosen": False}
+        if held_out:
+            row.update(history.class_metrics(y_held, predict_bags(model, held_out, device).probs, classes))
+        rows.append(row)
+        if report is not None:
+            report(row)
+
+    return hook

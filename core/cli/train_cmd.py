@@ -21,6 +21,22 @@ def _tqdm_progress(desc: str):  # noqa: ANN202 - returns (callback, bar)
     return progress, bar
 
 
+def _epoch_printer(bar, every: int):  # noqa: ANN001, ANN202 - tqdm bar -> history callback
+    """Print a fold's per-class recall line every ``every`` epochs under the bar (header once per fold)."""
+    from core.history import FINAL_FOLD, format_epoch
+
+    seen: set[int] = set()
+
+    def show(row: dict) -> None:
+        if every <= 0 or row["fold"] == FINAL_FOLD or row["epoch"] % every:
+            return
+        classes = [k.removeprefix("recall_") for k in row if k.startswith("recall_")]
+        bar.write(format_epoch(row, classes, header=row["fold"] not in seen))
+        seen.add(row["fold"])
+
+    return show
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a MIL model (abmil, transmil, dsmil) on slide labels")
     p.add_argument("--features", type=Path, help="folder of <image_id>.h5 features files")
@@ -32,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: per model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--every", type=int, default=5,
+                   help="print the per-class validation table every N epochs of each fold (0: never; default 5)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
     progress, bar = _tqdm_progress(f"train {args.model}")
     try:
         path = train_model(features, labels, model=args.model, out_dir=out, folds=args.folds, epochs=args.epochs,
-                           seed=args.seed, progress=progress, device=args.device)
+                           seed=args.seed, progress=progress, device=args.device,
+                           on_epoch=_epoch_printer(bar, args.every))
     finally:
         bar.close()
     from core.models import read_model_meta
