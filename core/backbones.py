@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,11 @@ class Backbone:
     device: str
     fixed_input: bool = False  # True for models that only accept ``input_size`` (ViTs): patches are resized
     weights: str | None = None  # where the weights came from: a path, "package:..." or None (random init)
+    runtime: str = "torch"  # "onnxruntime": the same network exported once and run by ONNX Runtime (CPU)
+    _sessions: dict[tuple[int, int], Any] = field(default_factory=dict, repr=False)  # ORT session per input H x W
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_sessions": {}}  # ONNX Runtime sessions are per process
 
     def preprocess(self, batch_uint8: torch.Tensor) -> torch.Tensor:
         """N x H x W x 3 (or N x 3 x H x W) uint8 on any device -> normalised float N x 3 x H x W on ``device``."""
@@ -175,8 +180,13 @@ def create_timm_model(name: str = DEFAULT_BACKBONE, weights: str | Path | None =
     return model.eval(), source
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, device: str = "auto") -> Backbone:
-    """A ready feature extractor: timm model by name, local or packaged weights, its own normalisation, on ``device``."""
+def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, device: str = "auto",
+                    runtime: str = "auto") -> Backbone:
+    """A ready feature extractor: timm model by name, local or packaged weights, its own normalisation, on ``device``.
+
+    ``runtime`` "auto" runs the default backbone on the CPU through ONNX Runtime when it is installed (the same
+    features within 1e-4, about 2-3x the patches/s of eager PyTorch on two cores; see core.onnx_backbone), "torch"
+    always uses PyTorch (also ``SLIDELENS_RUNTIME=torch``)."""
     import timm
 
     model, source = create_timm_model(name, weights, num_classes=0)
@@ -190,9 +200,12 @@ def create_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = N
     if dev.startswith("cuda"):
         model = model.to(memory_format=torch.channels_last)
     h, w = cfg["input_size"][1:]
+    from core.onnx_backbone import choose_runtime
+
     return Backbone(name=name, module=model, dim=int(model.num_features), mean=tuple(cfg["mean"]),
                     std=tuple(cfg["std"]), input_size=(int(h), int(w)), device=dev,
-                    fixed_input=hasattr(model, "patch_embed"), weights=source)
+                    fixed_input=hasattr(model, "patch_embed"), weights=source,
+                    runtime=choose_runtime(runtime, name, weights, dev))
 
 
 def autocast_dtype(device: str) -> torch.dtype | None:
@@ -206,6 +219,12 @@ def autocast_dtype(device: str) -> torch.dtype | None:
 def embed(backbone: Backbone, batch: torch.Tensor) -> torch.Tensor:
     """Features (N x dim, float32, on CPU) of a uint8 image batch (N x H x W x 3 or N x 3 x H x W)."""
     x = backbone.preprocess(batch)
+    if backbone.runtime == "onnxruntime" and len(x):
+        from core.onnx_backbone import run_onnx
+
+        out = run_onnx(backbone, x)
+        if out is not None:
+            return out
     dtype = autocast_dtype(backbone.device)
     if dtype is not None:
         with torch.autocast("cuda", dtype=dtype):

@@ -10,9 +10,10 @@ The folder is built next to the destination and renamed into place, so an interr
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -35,6 +36,7 @@ WSI_MPP, TMA_MPP = 0.5, 0.25
 TRUTH_COLUMNS = ("image_id", "true_label", "given_label", "is_noisy", "is_outlier", "is_tma", "mask_downsample",
                  "tumour_fraction", "pattern", "mpp", "format")
 ProgressFn = Callable[[float, str], None]
+PLAN_JSON = "truth/plan.json"  # how the cohort was planned (seed, counts, every slide id): what a full demo holds
 
 
 @dataclass(frozen=True)
@@ -113,16 +115,21 @@ def plan_cohort(seed: int = 0, n_wsi: int | None = None, n_tma: int | None = Non
 def build_demo(out: str | Path, seed: int = 0, n_wsi: int | None = None, n_tma: int | None = None,
                n_outliers: int | None = None, noise: float = 0.08, tiny: bool = False, include_samples: bool = False,
                progress: ProgressFn | None = None, classes: Sequence[str] = DEFAULT_CLASSES,
-               workers: int | None = None) -> Path:
+               workers: int | None = None, only: Collection[str] | None = None) -> Path:
     """Build the demo cohort in ``out`` and return the path of its ``cohort.toml``.
 
     Counts default to 40 WSIs, 10 TMAs and 4 outlier WSIs (6/2/1 small slides with ``tiny``). An existing
-    demo cohort in ``out`` is replaced; any other non-empty folder is refused.
+    demo cohort in ``out`` is replaced; any other non-empty folder is refused. ``only``: draw just these planned
+    slides (the first handful of a progressive first run; ``core.demo_progressive`` adds the rest later).
+    ``truth/plan.json`` records the whole plan either way.
     """
     out = Path(out).resolve()
     if out.exists() and not _replaceable(out):
         raise InputError(f"{out}: exists and is not a demo cohort; choose another --out or remove it")
-    planned = plan_cohort(seed, n_wsi, n_tma, n_outliers, noise, tiny, classes)
+    everything = plan_cohort(seed, n_wsi, n_tma, n_outliers, noise, tiny, classes)
+    planned = everything if only is None else [p for p in everything if p.plan.image_id in set(only)]
+    if only is not None and len(planned) != len(set(only)):
+        raise InputError(f"demo: {sorted(set(only) - {p.plan.image_id for p in planned})} are not in the plan")
     report = progress or (lambda f, m: None)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
@@ -135,7 +142,10 @@ def build_demo(out: str | Path, seed: int = 0, n_wsi: int | None = None, n_tma: 
         _write_tables(tmp, planned, drawn)
         if include_samples:
             _copy_samples(slides_dir / "samples")
-        _write_cohort_toml(tmp, planned)
+        _write_cohort_toml(tmp, everything)
+        plan = {"seed": seed, "n_wsi": n_wsi, "n_tma": n_tma, "n_outliers": n_outliers, "noise": noise, "tiny": tiny,
+                "classes": list(classes), "ids": [p.plan.image_id for p in everything]}
+        (tmp / PLAN_JSON).write_text(json.dumps(plan, indent=1) + "\n")
         _swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -190,14 +200,25 @@ def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence[object]]) 
         w.writerows(rows)
 
 
+LABEL_COLUMNS = ("image_id", "label", "image_width", "image_height", "is_tma")
+
+
+def label_row(p: PlannedSlide) -> tuple[object, ...]:
+    """The labels.csv row of a planned slide."""
+    return (p.plan.image_id, p.given_label, p.plan.width, p.plan.height, str(p.is_tma))
+
+
+def truth_row(p: PlannedSlide, tumour_fraction: float) -> tuple[object, ...]:
+    """The truth.csv row of a drawn slide."""
+    return (p.plan.image_id, p.true_label, p.given_label, int(p.is_noisy), int(p.plan.is_outlier), int(p.is_tma),
+            MASK_DS, f"{tumour_fraction:.4f}", p.plan.pattern, p.plan.mpp, p.plan.fmt)
+
+
 def _write_tables(root: Path, planned: list[PlannedSlide], drawn: dict[str, DrawnSlide]) -> None:
     planned = sorted(planned, key=lambda p: p.plan.image_id)
-    _write_csv(root / "labels.csv", ("image_id", "label", "image_width", "image_height", "is_tma"),
-               [(p.plan.image_id, p.given_label, p.plan.width, p.plan.height, str(p.is_tma)) for p in planned])
-    _write_csv(root / "truth" / "truth.csv", TRUTH_COLUMNS, [
-        (p.plan.image_id, p.true_label, p.given_label, int(p.is_noisy), int(p.plan.is_outlier), int(p.is_tma),
-         MASK_DS, f"{drawn[p.plan.image_id].tumour_fraction:.4f}", p.plan.pattern, p.plan.mpp, p.plan.fmt)
-        for p in planned])
+    _write_csv(root / "labels.csv", LABEL_COLUMNS, [label_row(p) for p in planned])
+    _write_csv(root / "truth" / "truth.csv", TRUTH_COLUMNS,
+               [truth_row(p, drawn[p.plan.image_id].tumour_fraction) for p in planned])
     (root / "truth" / "README.txt").write_text(
         "Ground truth of the SlideLens demo cohort (the app never reads this folder; tests and benchmarks do).\n"
         "truth.csv: true_label (Other = outlier tissue or stain), given_label (as in labels.csv), is_noisy\n"

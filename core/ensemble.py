@@ -29,7 +29,7 @@ from core import outliers
 from core.errors import InputError
 
 if TYPE_CHECKING:
-    from core.features import FeatureBag
+    from core.feature_files import FeatureBag
     from core.infer import LoadedModel, SlideResult
 
 METHODS = ("soft", "hard")

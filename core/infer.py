@@ -24,7 +24,7 @@ import torch
 from core import models as mfolders
 from core import outliers
 from core.errors import InputError
-from core.features import FeatureBag, read_features
+from core.feature_files import FeatureBag, read_features
 from core.mil import MILModel, create_model
 from core.train import predictions_frame
 

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from core.errors import InputError, SlideLensError
-from core.features import FEATURES_SUFFIX, ExtractReport
+from core.feature_files import FEATURES_SUFFIX
+from core.features import ExtractReport
 from core.ray_tasks import ActorPool, Embedder, ReadSpec, TaskFailure, decode_task, plan_task
 
 AUTO = "auto"

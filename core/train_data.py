@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from core.errors import InputError
-from core.features import read_feature_coords, read_feature_info, read_feature_rows
+from core.feature_files import read_feature_coords, read_feature_info, read_feature_rows
 from core.mil import MILModel
 
 DEFAULT_CACHE_MB = 1024

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from _review_data import SLIDES, VERSION, make_review_cohort
 
-from core.features import FeatureBag, write_features
+from core.feature_files import FeatureBag, write_features
 
 
 def write_features_for_slides(root: Path) -> None:

@@ -1,5 +1,6 @@
 """End to end in headless Chromium: a slide with a tumour outline in the viewer says how much attention is inside it
-and exports the outline as QuPath GeoJSON (level-0 coordinates unchanged)."""
+and exports the outline as QuPath GeoJSON (level-0 coordinates unchanged); a reviewer draws polygons with
+Annotorious at two zoom levels, finds them after a reload, and the exported vertices land on the tissue clicked."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -41,3 +43,109 @@ def test_viewer_shows_attention_inside_and_exports_the_outline(tmp_path: Path) -
     assert feat["geometry"] == outline
     assert feat["properties"]["classification"]["name"] == "Tumour"
     assert feat["properties"]["note"] == "<b>left lobe</b>"
+
+
+# --- drawing ------------------------------------------------------------------------------------------------
+TO_SCREEN = """([x, y]) => {  // level-0 pixel -> page pixel, through the slide's own tiled image
+  const v = window.__slidelensViewer, p = v.world.getItemAt(0).imageToViewerElementCoordinates(
+    new OpenSeadragon.Point(x, y));
+  const r = v.element.getBoundingClientRect();
+  return [r.left + p.x, r.top + p.y];
+}"""
+
+
+def _level0(toml: Path) -> np.ndarray:
+    import tifffile
+
+    return tifffile.imread(toml.parent / "slides" / "synth_a.tiff", level=0)
+
+
+def _tissue_targets(img: np.ndarray, box: tuple[int, int, int, int], n: int) -> list[tuple[int, int]]:
+    """``n`` level-0 points spread over ``box`` (x0, y0, x1, y1), each in the middle of a flat patch of tissue
+    (not the 240 background), so a vertex one pixel off still sits on the same colour."""
+    x0, y0, x1, y1 = box
+    out: list[tuple[int, int]] = []
+    for ang in np.linspace(0, 2 * np.pi, 4 * n, endpoint=False):
+        cx, cy = (x0 + x1) / 2 + np.cos(ang) * (x1 - x0) / 2.6, (y0 + y1) / 2 + np.sin(ang) * (y1 - y0) / 2.6
+        x, y = int(cx), int(cy)
+        patch = img[y - 6:y + 7, x - 6:x + 7].reshape(-1, 3).astype(int)
+        if patch.min() < 235 and np.ptp(patch, axis=0).max() <= 12:
+            out.append((x, y))
+    picked = out[:: max(1, len(out) // n)][:n]
+    assert len(picked) == n, f"too few flat tissue points in {box}: {out}"
+    return picked
+
+
+def _draw_polygon(page, pts: list[tuple[int, int]]) -> list[tuple[float, float]]:
+    page.locator(".slv-an-tools [data-tool='polygon']").click()
+    screen = []
+    for i, p in enumerate(pts):
+        sx, sy = page.evaluate(TO_SCREEN, list(p))  # asked each time: nothing may have moved the viewer
+        screen.append((sx, sy))
+        page.mouse.move(round(sx), round(sy), steps=3)
+        if i < len(screen) - 1:
+            page.mouse.click(round(sx), round(sy))
+        else:  # a double click places the last vertex and closes the outline
+            page.mouse.dblclick(round(sx), round(sy))
+        page.wait_for_timeout(150)
+    return screen
+
+
+def _wait_count(page, n: int) -> None:
+    page.wait_for_function(f"() => document.querySelector('.slv-root')?.dataset.annoCount === '{n}'",
+                           timeout=60_000)
+
+
+def test_draw_polygons_at_two_zooms_reload_and_export_on_the_right_tissue(tmp_path: Path) -> None:
+    toml = build_cohort(tmp_path / "c", with_svs=False)
+    img = _level0(toml)
+    first = _tissue_targets(img, (40, 30, 380, 340), 5)  # the large purple blob
+    second = _tissue_targets(img, (300, 460, 560, 690), 4)  # the grey-mauve one
+    with running_app({"SLIDELENS_COHORT": str(toml)}, tmp_path / "streamlit.log") as url, browser_page() as page:
+        page.goto(f"{url}/viewer?slide=synth_a", wait_until="domcontentloaded")
+        page.wait_for_function("() => document.querySelector('.slv-root')?.dataset.annoKey !== undefined",
+                               timeout=90_000)
+        name = page.get_by_role("textbox", name="Your name (required to edit)")
+        name.fill("Dr Draw")
+        name.press("Enter")
+        poly = page.locator(".slv-an-tools [data-tool='polygon']")
+        page.wait_for_function("() => !document.querySelector(\".slv-an-tools [data-tool='polygon']\").disabled",
+                               timeout=60_000)
+        page.locator(".slv-ov-toggle").uncheck()  # the tissue itself under the pointer
+        page.wait_for_timeout(800)
+        zoom1 = float(page.locator(".slv-root").get_attribute("data-zoom"))
+        _draw_polygon(page, first)
+        _wait_count(page, 1)
+        # the second outline at a deeper zoom, centred on its own tissue
+        page.evaluate("""([x, y]) => { const v = window.__slidelensViewer, it = v.world.getItemAt(0);
+            v.viewport.zoomTo(it.imageToViewportZoom(2.5), null, true);
+            v.viewport.panTo(it.imageToViewportCoordinates(x, y), true); }""",
+                      [float(np.mean([p[0] for p in second])), float(np.mean([p[1] for p in second]))])
+        page.wait_for_timeout(1500)
+        zoom2 = float(page.locator(".slv-root").get_attribute("data-zoom"))
+        assert zoom2 > 2 * zoom1
+        poly.click()
+        _draw_polygon(page, second)
+        _wait_count(page, 2)
+        page.locator(".slv-an-tools [data-tool='select']").click()
+        page.evaluate("() => window.__slidelensViewer.viewport.goHome(true)")
+        page.wait_for_timeout(1500)
+        save_screenshot(page, "viewer-drawn-polygons")
+        page.reload(wait_until="domcontentloaded")
+        _wait_count(page, 2)  # stored: found again after a reload
+        page.wait_for_timeout(1500)
+        save_screenshot(page, "viewer-drawn-polygons-reloaded")
+        export = page.get_by_text("Export GeoJSON (QuPath)")
+        export.wait_for(timeout=30_000)
+        with page.expect_download(timeout=30_000) as dl:
+            export.dispatch_event("click")
+        doc = json.loads(Path(dl.value.path()).read_text())
+    feats = doc["features"]
+    assert [f["properties"]["classification"]["name"] for f in feats] == ["Tumour", "Tumour"]
+    for feat, targets in zip(feats, (first, second), strict=True):
+        ring = np.asarray(feat["geometry"]["coordinates"][0])
+        assert feat["geometry"]["type"] == "Polygon" and len(ring) == len(targets) + 1
+        assert np.abs(ring[:-1] - np.asarray(targets)).max() <= 1.0, (ring, targets)  # within a pixel
+        for x, y in ring[:-1]:  # and on the same tissue as the target: the slide's colour there is the target's
+            tx, ty = targets[int(np.argmin(np.hypot(*(np.asarray(targets) - (x, y)).T)))]
+            assert np.abs(img[int(round(y)), int(round(x))].astype(int) - img[ty, tx]).max() <= 12

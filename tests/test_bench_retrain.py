@@ -15,7 +15,7 @@ from core.cli import main
 from core.cohort import load_cohort
 from core.demo import build_demo
 from core.errors import InputError
-from core.features import FeatureBag, write_features
+from core.feature_files import FeatureBag, write_features
 from core.store import open_store
 
 

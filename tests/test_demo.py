@@ -220,3 +220,54 @@ def test_cli_builds_with_samples_and_rejects_bad_input(tmp_path: Path, capsys) -
     assert main(["demo", "--out", str(tmp_path / "bad"), "--tiny", "--noise", "1.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "noise" in err and "\n" not in err
+
+
+def test_progressive_demo_starts_with_a_handful_and_adds_each_slide_fully_formed(tmp_path: Path) -> None:
+    from core.demo_progressive import add_slides, pending_ids, read_plan, starter_ids
+
+    kw = {"seed": SEED, "tiny": True, "n_wsi": 4, "n_tma": 1, "n_outliers": 1, "classes": ("A", "B")}
+    planned = plan_cohort(SEED, n_wsi=4, n_tma=1, n_outliers=1, tiny=True, classes=("A", "B"))
+    first = starter_ids(planned)
+    by_id = {p.plan.image_id: p for p in planned}
+    # one correctly labelled whole slide per class, a TMA and an outlier
+    assert sorted(by_id[i].true_label for i in first if not by_id[i].is_tma and not by_id[i].plan.is_outlier) == \
+        ["A", "B"]
+    assert sum(by_id[i].is_tma for i in first) == 1 and sum(by_id[i].plan.is_outlier for i in first) == 1
+    assert not any(by_id[i].is_noisy for i in first)
+
+    root = build_demo(tmp_path / "demo", only=first, **kw).parent
+    assert set(load_cohort(root).slide_paths) == set(first)
+    assert {r["image_id"] for r in _rows(root / "labels.csv")} == set(first)
+    assert read_plan(root)["ids"] == [p.plan.image_id for p in planned]
+    rest = pending_ids(root)
+    assert sorted(rest) == sorted(set(by_id) - set(first)) and rest
+
+    seen: list[str] = []
+
+    def extract(slide: Path, out: Path, p, progress) -> None:
+        assert slide.is_file() and not (root / "slides" / slide.name).exists()
+        progress(0.5, f"{slide.name}: half")
+        out.write_bytes(b"features")
+
+    def predict(image_id: str) -> None:  # features in place, the slide not visible yet
+        assert (root / "features" / f"{image_id}.h5").is_file()
+        assert image_id not in load_cohort(root).slide_paths
+        seen.append(f"predict {image_id}")
+
+    def published(image_id: str) -> None:  # the slide and its labels arrive together, after its prediction
+        assert image_id in load_cohort(root).slide_paths
+        assert image_id in {r["image_id"] for r in _rows(root / "labels.csv")}
+        seen.append(f"published {image_id}")
+
+    fracs: list[float] = []
+    assert add_slides(root, extract, predict, published, lambda f, m: fracs.append(f)) == rest
+    assert seen == [f"{what} {i}" for i in rest for what in ("predict", "published")]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0
+    assert pending_ids(root) == [] and not (root / ".pending").exists()
+    # the finished cohort is the one a build in one go makes, byte for byte
+    whole = build_demo(tmp_path / "whole", **kw).parent
+    for name in ("labels.csv", "truth/truth.csv", "cohort.toml", "truth/plan.json"):
+        assert (root / name).read_bytes() == (whole / name).read_bytes(), name
+    for p in (whole / "slides").iterdir():
+        assert (root / "slides" / p.name).read_bytes() == p.read_bytes(), p.name
+    assert add_slides(root, extract, predict, published) == []  # nothing left: a second run adds nothing

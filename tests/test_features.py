@@ -16,13 +16,8 @@ from skimage import data
 from core.backbones import create_backbone, create_timm_model, embed, lite0_package_weights, map_lite0_keys
 from core.cli import main as cli_main
 from core.errors import InputError, SlideError
-from core.features import (
-    FeatureBag,
-    extract_cohort,
-    extract_slide,
-    read_features,
-    write_features,
-)
+from core.feature_files import FeatureBag, read_features, write_features
+from core.features import extract_cohort, extract_slide
 from core.slides import open_slide
 from core.tiling import patch_grid
 from tests.conftest import SVS

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED_SLIDES
 
+from conftest import SHARED_SLIDES
 from core.slides import open_slide
 
 NDPI = SHARED_SLIDES / "test3-TRITC-2.ndpi"

@@ -116,7 +116,7 @@ def test_trained_model_flags_bags_of_another_tissue(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from test_train_infer import make_bag, write_cohort
 
-    from core.features import FeatureBag
+    from core.feature_files import FeatureBag
     from core.infer import infer_slide, load_model
     from core.train import train_model
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.features import extract_cohort, read_features
+from core.feature_files import read_features
+from core.features import extract_cohort
 from tests.conftest import synthetic_tissue, write_pyramid_tiff
 
 pytestmark = pytest.mark.slow

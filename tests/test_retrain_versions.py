@@ -118,7 +118,9 @@ def test_first_run_resumes_missing_predictions_of_a_newer_version_without_traini
     out.mkdir(parents=True)
     (out / "predictions.csv").write_text("image_id,pred,prob_normal,prob_tumor,ood_score\ns00,normal,0.9,0.1,1.0\n")
     run_first_run(root, tiny=True)
-    assert [s.status for s in read_status(root).stages] == ["skipped", "skipped", "skipped", "done", "done"]
+    # a cohort built in one go (no truth/plan.json) has no background stages
+    assert [s.status for s in read_status(root).stages] == ["skipped", "skipped", "skipped", "done", "done",
+                                                            "skipped", "skipped"]
     assert sorted(pd.read_csv(out / "predictions.csv", dtype={"image_id": str})["image_id"]) == sorted(SLIDES)
     assert sorted(p.name for p in (root / "models").iterdir() if not p.name.startswith(".")) == [VERSION, version]
 
@@ -178,6 +180,19 @@ def test_eta_uses_stages_an_earlier_run_finished() -> None:
     assert status.eta_seconds(now) == pytest.approx(2 * sum(ESTIMATE_S[n] for n in STAGES[1:]))
 
 
+def test_eta_until_the_app_opens_leaves_out_the_background_stages() -> None:
+    from core.firstrun import BACKGROUND_STAGES, QUICK_STAGES
+
+    now = 1_000_000.0
+    status = FirstRunStatus("demo", [StageStatus(n) for n in STAGES])
+    quick = status.eta_seconds(now, only=QUICK_STAGES)
+    assert quick == pytest.approx(sum(ESTIMATE_S[n] for n in QUICK_STAGES))
+    assert status.eta_seconds(now, only=BACKGROUND_STAGES) == pytest.approx(
+        sum(ESTIMATE_S[n] for n in BACKGROUND_STAGES))
+    assert status.eta_seconds(now) == pytest.approx(quick + sum(ESTIMATE_S[n] for n in BACKGROUND_STAGES))
+    assert not status.ready and FirstRunStatus("demo", ready_at=now).ready
+
+
 def test_first_run_screen_does_not_rerun_when_the_gate_still_finds_something_missing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The last build is done but the demo lacks predictions: the screen says what and how to fix it, no loop."""
@@ -195,3 +210,45 @@ def test_first_run_screen_does_not_rerun_when_the_gate_still_finds_something_mis
     assert [c.value for c in at.code] == [f"python -m core firstrun --out {root}"]
     assert any(b.label == "Resume the build" for b in at.button)
     assert read_status(root).done  # nothing was started behind the user's back
+
+
+def test_background_banner_says_what_is_left_and_resumes_only_a_killed_build(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the rest of a progressive demo is built the pages open with one quiet line saying what and how long;
+    a running build is never started twice, a failed one is reported (not restarted), a killed one resumes."""
+    import json
+    import os
+
+    import ui.firstrun_view
+    from core.firstrun import QUICK_STAGES, _write_status, demo_pending
+
+    root = tmp_path / "demo"
+    make_demo_like(root)
+    (root / "truth").mkdir(exist_ok=True)
+    (root / "truth" / "plan.json").write_text(json.dumps({"seed": 0, "ids": [*sorted(SLIDES), "s98", "s99"]}))
+    n = len(SLIDES) + 2
+    assert demo_is_complete(root)  # the app opens ...
+    assert demo_pending(root) == ["2 more slides", f"the model trained on all {n} slides"]  # ... with work left
+    stages = [StageStatus(s, "done", 1.0) for s in QUICK_STAGES]
+    stages += [StageStatus("more", "running", 0.5, "slide 2 of 2 · s99: 10/20 patches", 1.0), StageStatus("final")]
+    status = FirstRunStatus(str(root), stages, pid=os.getpid(), ready_at=1.0)
+    _write_status(root, status)
+    started: list[Path] = []
+    monkeypatch.setattr(ui.firstrun_view, "start_first_run", lambda d: started.append(d))
+    monkeypatch.syspath_prepend(str(ROOT))
+    at = AppTest.from_string("from pathlib import Path\nfrom ui.firstrun_view import background_banner\n"
+                             f"background_banner(Path({str(root)!r}))\n", default_timeout=20)
+    at.run()
+    assert not at.exception, at.exception
+    text = " ".join(c.value for c in at.caption).replace("\\", "")  # the text is escaped for Markdown
+    assert "Still building in the background" in text and "slide 2 of 2" in text and "left" in text
+    assert started == []  # it is running: not started again
+    status.error, status.pid = "features failed for 1 slide(s)", 0
+    _write_status(root, status)
+    at.run()
+    assert "background build stopped: features failed" in " ".join(c.value for c in at.caption).replace("\\", "")
+    assert started == []  # a failed build is reported, not restarted in a loop
+    status.error = None
+    _write_status(root, status)
+    at.run()
+    assert started == [root]  # killed (no process, no error): resumed

@@ -156,7 +156,7 @@ def test_retrain_button_trains_a_new_version_in_the_background(monkeypatch: pyte
     import numpy as np
     from _review_data import SLIDES
 
-    from core.features import FeatureBag, write_features
+    from core.feature_files import FeatureBag, write_features
 
     toml = make_review_cohort(tmp_path / "c")
     rng = np.random.default_rng(0)

@@ -10,7 +10,8 @@ import torch
 
 from core.backbones import create_backbone, embed
 from core.errors import InputError
-from core.features import FeatureBag, extract_cohort, extract_slide, read_feature_info, read_features, write_features
+from core.feature_files import FeatureBag, read_feature_info, read_features, write_features
+from core.features import extract_cohort, extract_slide
 from core.infer import check_bag
 from core.train_data import load_bags
 from core.tta import embed_tta, feature_identity, views

@@ -157,7 +157,7 @@ def test_compute_attention_button_extracts_features_and_shows_the_overlay(tmp_pa
     import pandas as pd
     from _viewer_data import write_pyramid
 
-    from core.features import FeatureBag, write_features
+    from core.feature_files import FeatureBag, write_features
     from core.train import train_model
 
     # the model: trained on stand-in features of the backbone's name and width (training is not under test here)

@@ -25,7 +25,7 @@ def make_features(folder: Path, n_slides: int, patches: int, dim: int, seed: int
                   progress: Any = None) -> Path:
     """Write ``n_slides`` float16 features files (a weak class signal in a few patches) and ``labels.csv``; files
     already there are kept, so a second run reuses them. Memory: one slide at a time."""
-    from core.features import FeatureBag, write_features
+    from core.feature_files import FeatureBag, write_features
 
     feats = folder / "features"
     feats.mkdir(parents=True, exist_ok=True)

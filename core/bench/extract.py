@@ -78,7 +78,8 @@ def run_bench(slide_path: Path, backbone_name: str = "efficientnet_lite0", weigh
               prefetch: int = 4, repeat: int = 3, device: str = "auto") -> dict[str, Any]:
     """Measure model-only and end-to-end patches/s (medians over ``repeat`` alternating passes) and their ratio."""
     from core.backbones import autocast_dtype, create_backbone
-    from core.features import PatchDataset, extract_slide, read_features
+    from core.feature_files import read_features
+    from core.features import PatchDataset, extract_slide
     from core.slides import open_slide
     from core.tiling import patch_grid
 

@@ -1,4 +1,5 @@
-"""``firstrun``: build the demo cohort end to end (what the app does on a fresh checkout)."""
+"""``firstrun``: build the demo cohort end to end (what the app does on a fresh checkout): a first handful of
+slides all the way through, then the rest of the cohort and the model trained on every slide."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_firstrun(args: argparse.Namespace) -> int:
     bars: dict[str, tqdm] = {}
+    said_ready = [False]
 
     def show(status: FirstRunStatus) -> None:
+        if status.ready_at and not said_ready[0] and not status.done:
+            said_ready[0] = True
+            tqdm.write("the first slides are ready (the app opens on them); building the rest of the demo")
         for st in status.stages:
             if st.status == "pending":
                 continue
