@@ -25,7 +25,7 @@ from core.slide_table import OOF
 from core.slides import needs_conversion
 from core.tiles import attention_path, load_attention_layer, open_cohort_slide, register_cohort
 from ui import viewer_component as vc
-from ui.annotations_view import annotations_panel
+from ui.annotations_view import annotations_panel, viewer_annotations
 from ui.context import current_cohort
 from ui.deck_views import add_to_deck
 from ui.safe import md
@@ -226,10 +226,11 @@ def slide_facts(row: pd.Series, meta: dict[str, Any], slide: Any | None, version
                        "reviewed label, as on the analysis page.")
         _probs_chart(row, "prob_", pred)
     if final is not None:
+        n_trained = (meta.get("metrics") or {}).get("n_slides")
+        trained_on = f"trained on {int(n_trained)} slides" if n_trained else "trained on every labelled slide"
         st.metric("Final model (attention shown)", ("Other? " if other else "") + str(final),
-                  help="The model trained on all slides: the overlay and the gallery show its attention.")
-        st.caption(f"Model {md(version or '')}, trained on all slides; the overlay and the gallery show its "
-                   "attention.")
+                  help=f"The model {trained_on}: the overlay and the gallery show its attention.")
+        st.caption(f"Model {md(version or '')}, {trained_on}; the overlay and the gallery show its attention.")
         if row.get("pred_source") != OOF:
             st.caption("No out-of-fold prediction for this slide: not judged.")
             _probs_chart(row, "final_prob_", final)
@@ -368,7 +369,9 @@ def show_slide(cohort: Cohort, version: str | None, table: pd.DataFrame, image_i
                 ov = vc.overlay_data(version, image_id, cohort.name, cls, stamp)
             goto = st.session_state.get("viewer_goto")
             goto = goto if goto and goto.get("image_id") == image_id else None
-            viewport = vc.slide_viewer(vc.slide_data(slide, image_id, cohort.name), ov, goto, key="viewer_osd")
+            anns, on_ops = viewer_annotations(cohort, image_id, slide.dimensions)
+            viewport = vc.slide_viewer(vc.slide_data(slide, image_id, cohort.name), ov, goto, key="viewer_osd",
+                                       annotations=anns, on_annotation_ops=on_ops)
             if viewport and viewport.get("image_id") == image_id:
                 st.caption(f"View centre ({viewport['x']:.0f}, {viewport['y']:.0f}) px, "
                            f"zoom {viewport['zoom']:.3g} screen px per slide px")

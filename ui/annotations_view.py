@@ -1,5 +1,6 @@
 """The viewer's annotation panel: how much attention falls inside the tumour outline, the slide's annotations,
-and QuPath GeoJSON export and import buttons. User text (notes, classes, authors, file names) is shown as text."""
+and QuPath GeoJSON export and import buttons; and the drawing layer's data and its ops (``viewer_annotations``).
+User text (notes, classes, authors, file names) is shown as text."""
 
 from __future__ import annotations
 
@@ -10,9 +11,51 @@ import pandas as pd
 import streamlit as st
 
 from core.annotation_metrics import slide_figures
+from core.annotation_ops import apply_op
 from core.annotations import feature_collection, loads_geojson, parse_features
 from core.errors import SlideLensError
 from ui.safe import md
+
+_DONE = "_ann_ops_done"  # op ids already applied (the browser resends its queue until they are acknowledged)
+_UNDO = "_ann_undo"  # (cohort, slide) -> this session's undo stack
+_MSG = "_ann_msg"  # the last op's result: shown in the viewer's toolbar and above the annotation table
+
+
+def viewer_annotations(cohort: Any, image_id: str, dims: tuple[int, int] | None
+                       ) -> tuple[dict[str, Any] | None, Any]:
+    """The viewer's annotation layer data (see ``ui.viewer_component.annotation_data``) and the callback that
+    stores the browser's ops; (None, None) when the review database cannot be read."""
+    from ui.review_panel import cohort_store, current_reviewer
+    from ui.viewer_component import annotation_data
+
+    try:
+        store = cohort_store(cohort)
+        anns = store.annotations(image_id)
+        classes = list(store.annotation_classes())
+        viewer_only = store.actor is not None and store.role_of(store.actor) == "viewer"
+    except SlideLensError:
+        return None, None  # the panel below says why
+    undo_key = f"{cohort.name}\x1f{image_id}"
+    who = current_reviewer()
+    why_not = ("your role is viewer: annotations are read-only" if viewer_only
+               else "" if who else "enter your name (right) to draw and edit annotations")
+
+    def on_ops(ops: list[dict[str, Any]]) -> None:
+        done = st.session_state.setdefault(_DONE, [])
+        undo = st.session_state.setdefault(_UNDO, {}).setdefault(undo_key, [])
+        store = cohort_store(cohort)
+        for op in ops:
+            op_id = str(op.get("op_id") if isinstance(op, dict) else "")
+            if not op_id or op_id in done:
+                continue
+            res = apply_op(store, image_id, op, current_reviewer(), dims, undo)
+            done.append(op_id)
+            st.session_state[_MSG] = {"kind": res.kind, "text": res.text, "nonce": op_id}
+        del done[:-500]
+
+    data = annotation_data(anns, classes, not why_not, why_not, list(st.session_state.get(_DONE, [])),
+                           st.session_state.get(_MSG), bool(st.session_state.get(_UNDO, {}).get(undo_key)))
+    return data, on_ops
 
 
 def attention_caption(anns: list[Any], layer: Any) -> str | None:
@@ -41,6 +84,10 @@ def annotations_panel(cohort: Any, image_id: str, layer: Any, dims: tuple[int, i
     except SlideLensError as exc:
         st.warning(md(exc))
         return
+    msg = st.session_state.get(_MSG)
+    if msg and msg["kind"] == "error" and st.session_state.get("_ann_msg_seen") != msg["nonce"]:
+        st.session_state["_ann_msg_seen"] = msg["nonce"]  # a refused change (stale version, bad shape), once
+        st.error(md(f"Annotation not saved: {msg['text']}"))
     cap = attention_caption(anns, layer)
     if cap:
         st.markdown(f"**{md(cap)}**")

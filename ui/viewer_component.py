@@ -26,7 +26,7 @@ _FRONTEND = Path(__file__).parent / "frontend" / "viewer"
 def _component() -> Any:
     return st.components.v2.component(
         "slidelens.viewer",
-        js=(_FRONTEND / "viewer.js").read_text(),
+        js=(_FRONTEND / "annotate.js").read_text() + "\n" + (_FRONTEND / "viewer.js").read_text(),
         css=(_FRONTEND / "viewer.css").read_text(),
         isolate_styles=False,  # OpenSeadragon's full-screen mode and mouse handling need the real DOM
     )
@@ -65,14 +65,38 @@ def _gradient(cmap: str, stops: int = 9) -> str:
 
 
 def slide_viewer(slide: dict[str, Any], overlay: dict[str, Any] | None = None, goto: dict[str, Any] | None = None,
-                 height: int = 600, key: str = "slide_viewer") -> dict[str, Any] | None:
+                 height: int = 600, key: str = "slide_viewer", annotations: dict[str, Any] | None = None,
+                 on_annotation_ops: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any] | None:
     """Show the viewer; returns the last viewport the browser reported ({image_id, x, y, zoom, bounds}) or None.
 
     ``goto`` = {x, y, w, h, nonce} (level-0 box) pans and zooms to that box once per new ``nonce``.
+    ``annotations`` (see ``annotation_data``) turns on the drawing toolbar; the browser's queue of annotation ops
+    reaches ``on_annotation_ops`` before the next script run (a callback), so the run shows them stored.
     """
-    data = {**slide, "overlay": overlay, "goto": goto, "view_height": height}
-    result = _component()(data=data, key=key, default={"viewport": None}, on_viewport_change=lambda: None)
+    data = {**slide, "overlay": overlay, "goto": goto, "view_height": height, "annotations": annotations}
+
+    def ops_changed() -> None:
+        state = st.session_state.get(key)
+        ops = state.get("anno_ops") if hasattr(state, "get") else None
+        if on_annotation_ops is not None and isinstance(ops, list):
+            on_annotation_ops(ops)
+
+    result = _component()(data=data, key=key, default={"viewport": None, "anno_ops": None},
+                          on_viewport_change=lambda: None, on_anno_ops_change=ops_changed)
     return result.get("viewport") if hasattr(result, "get") else getattr(result, "viewport", None)
+
+
+def annotation_data(anns: list[Any], classes: list[str], can_edit: bool, why_not: str, done: list[str],
+                    message: dict[str, Any] | None, can_undo: bool) -> dict[str, Any]:
+    """The viewer's annotation layer: the slide's annotations (GeoJSON, level-0), the cohort's classes and their
+    fixed colours, whether this session may draw (and why not), the op ids already applied and the last result."""
+    from core.annotations import colour_hex
+
+    names = list(dict.fromkeys([*classes, *(a.cls for a in anns)]))
+    return {"items": [{"id": a.id, "version": a.version, "cls": a.cls, "note": a.note, "author": a.author,
+                       "geometry": a.geometry} for a in anns],
+            "classes": list(classes), "colours": {c: colour_hex(c) for c in names}, "can_edit": can_edit,
+            "why_not": why_not, "done": done, "message": message, "can_undo": can_undo}
 
 
 # --- the page's cached data -------------------------------------------------------------------------------

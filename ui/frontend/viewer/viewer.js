@@ -1,6 +1,7 @@
 // SlideLens slide viewer: OpenSeadragon (served same-origin under /tiles/_static/osd/) with the attention overlay
 // as a second tiled image on the same Deep Zoom grid. Streamlit components v2 calls the default export on every
 // script run with new `data`; the viewer lives on the container element and is only updated, never rebuilt.
+// The annotation layer (annotate.js, prepended to this file by ui/viewer_component.py) adds a second toolbar.
 
 const OSD_SRC = "/tiles/_static/osd/openseadragon.min.js";
 
@@ -47,9 +48,9 @@ function build(root) {
       <label class="slv-legend" title="low attention to high attention"><span>low</span><span class="slv-legend-bar"></span><span>high</span></label>
       <span class="slv-mag" title="magnification at the current zoom"></span><span class="slv-hover"></span>
       <button type="button" class="slv-full-btn" title="full page (Esc leaves)">Full page</button>
-    </div>
+    </div>${annoBarHtml()}
     <div class="slv-osd"><div class="slv-scale"><div class="slv-scale-bar"></div><span></span></div>
-      <div class="slv-note"></div><div class="slv-error"></div></div>`;
+      <div class="slv-note"></div><div class="slv-error"></div><div class="slv-an-msg"></div></div>`;
   const q = (sel) => root.querySelector(sel);
   const el = { bar: q(".slv-bar"), toggle: q(".slv-ov-toggle"), opacity: q(".slv-ov-opacity"), cmap: q(".slv-cmap"),
                rescale: q(".slv-rescale"), top: q(".slv-top"), topV: q(".slv-top-v"), fade: q(".slv-fade"),
@@ -60,6 +61,7 @@ function build(root) {
                gotoNonce: null, data: null, tiles: 0, t0: 0, styled: false, full: false, cleanup: [] };
   root.__slv = st;
   root.dataset.full = "off";
+  buildAnno(st);
   return st;
 }
 
@@ -196,9 +198,11 @@ function create(st, OSD, setStateValue) {
     gestureSettingsMouse: { clickToZoom: false },
   });
   st.viewer = viewer;
+  st.setStateValue = setStateValue;
   window.__slidelensViewer = viewer;
   viewer.addHandler("open", () => {
     setOverlay(st);
+    updateAnnotations(st, OSD);
     if (st.data.goto) { st.gotoNonce = st.data.goto.nonce; goTo(st, st.data.goto); }
     updateReadouts(st);
   });
@@ -289,6 +293,7 @@ export default function (component) {
     }
     if (st.viewer.world.getItemCount()) {
       setOverlay(st);
+      updateAnnotations(st, OSD);
       if (data.goto && data.goto.nonce !== st.gotoNonce) { st.gotoNonce = data.goto.nonce; goTo(st, data.goto); }
       updateReadouts(st);
     }
@@ -296,6 +301,7 @@ export default function (component) {
   return () => {
     setFull(st, false);
     for (const undo of st.cleanup.splice(0)) undo();
+    if (st.an && st.an.anno) { st.an.anno.destroy(); st.an.anno = null; }
     if (st.viewer) { st.viewer.destroy(); st.viewer = null; }
     root.__slv = null;
   };
