@@ -12,11 +12,11 @@ import streamlit as st
 from streamlit.runtime.pages_manager import PagesManager
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from core.cohort import demo_dir
+from core.cohort.cohort_file import demo_dir
+from core.demo.firstrun import demo_is_complete
 from core.errors import SlideLensError
-from core.firstrun import demo_is_complete
-from core.tile_guard import guard_routes
-from core.tiles import register_cohort, tile_routes
+from core.review.tile_guard import guard_routes
+from core.viewer.tiles import register_cohort, tile_routes
 from ui.auth import account_box, cookie_secret, require_sign_in
 from ui.cohort_switcher import cohort_switcher
 from ui.context import cohort_path, current_cohort
@@ -27,7 +27,7 @@ from ui.review_panel import current_role
 # a first visit straight to a shared link (/viewer?slide=...) would run the page without this file. Say up front
 # that this app navigates with st.navigation.
 PagesManager.uses_pages_directory = False
-# with sign-in on ([auth] in the secrets), a tile request without a valid session gets 401 (core.tile_guard)
+# with sign-in on ([auth] in the secrets), a tile request without a valid session gets 401 (core.review.tile_guard)
 app = st.App("app.py", routes=guard_routes(tile_routes(), cookie_secret))
 FAVICON = Path(__file__).resolve().parent / "ui" / "static" / "favicon.png"
 

@@ -13,7 +13,9 @@ import html
 import pandas as pd
 import streamlit as st
 
-from core.analysis import (
+from core.analysis.files import SOURCE_NAMES, n_errors, predictions_path, reviewed_join, score_caption
+from core.analysis.label_issues import rank_label_issues
+from core.analysis.metrics import (
     calibration,
     cell_slides,
     compare_versions,
@@ -26,11 +28,9 @@ from core.analysis import (
     parse_cell,
     per_class_table,
 )
-from core.analysis_io import SOURCE_NAMES, n_errors, predictions_path, reviewed_join, score_caption
-from core.analysis_issues import rank_label_issues
 from core.errors import SlideLensError
-from core.models import default_version, versions_with_predictions
-from core.slide_table import reviewed_labels
+from core.model.versions import default_version, versions_with_predictions
+from core.review.slide_table import reviewed_labels
 from ui import analysis_views as av
 from ui.context import current_cohort
 from ui.deck_views import add_to_deck

@@ -5,9 +5,9 @@ from __future__ import annotations
 import plotly.express as px
 import streamlit as st
 
-from core.analysis_io import score_caption
+from core.analysis.files import score_caption
 from core.errors import SlideLensError
-from core.summary import cohort_summary
+from core.review.summary import cohort_summary
 from ui.assignments_view import team_summary
 from ui.context import current_cohort
 from ui.review_panel import cohort_store

@@ -13,10 +13,10 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import SlideLensError
-from core.export import export_labels
-from core.models import default_index
-from core.review import SOURCES, build_queue, filter_queue, load_model_view, model_versions, retrain
-from core.slide_table import reviewed_labels, slide_table
+from core.model.versions import default_index
+from core.review.export import export_labels
+from core.review.queue import SOURCES, build_queue, filter_queue, load_model_view, model_versions, retrain
+from core.review.slide_table import reviewed_labels, slide_table
 from ui.assignments_view import admin_panel, blind_read_form, my_queue_filter
 from ui.context import current_cohort
 from ui.deck_views import add_to_deck

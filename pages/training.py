@@ -9,10 +9,10 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from core.ensemble import Member, build_ensemble, fold_members
 from core.errors import SlideLensError
-from core.history import read_history
-from core.models import is_ensemble, list_versions
+from core.model.ensemble import Member, build_ensemble, fold_members
+from core.model.history import read_history
+from core.model.versions import is_ensemble, list_versions
 from ui import training_views as tv
 from ui.context import current_cohort
 from ui.safe import md

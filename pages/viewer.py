@@ -2,7 +2,7 @@
 
 URL: ``/viewer?slide=<image_id>[&model=<version>]``; the URL follows the user's choice. An id or version that is not
 in the cohort is named on the page (as text) with the list to choose from; nothing else is opened in its place.
-Labels, predictions and errors follow core.slide_table, like every other page.
+Labels, predictions and errors follow core.review.slide_table, like every other page.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core import viewer_data as vd
-from core.cohort import Cohort
-from core.convert import ensure_slide
+from core.cohort.cohort_file import Cohort
+from core.cohort.convert import ensure_slide
 from core.errors import SlideLensError
-from core.models import default_version, versions_with_predictions
-from core.slide_table import OOF
-from core.slides import needs_conversion
-from core.tiles import attention_path, load_attention_layer, open_cohort_slide, register_cohort
+from core.model.versions import default_version, versions_with_predictions
+from core.review import viewer_data as vd
+from core.review.slide_table import OOF
+from core.slides.slide import needs_conversion
+from core.viewer.tiles import attention_path, load_attention_layer, open_cohort_slide, register_cohort
 from ui import viewer_component as vc
 from ui.annotations_view import annotations_panel, viewer_annotations
 from ui.context import current_cohort
@@ -42,7 +42,7 @@ def model_meta(cohort: Cohort, version: str | None) -> dict[str, Any]:
     if not version:
         return {}
     try:
-        from core.models import read_model_meta
+        from core.model.versions import read_model_meta
 
         return read_model_meta(cohort.models / version)
     except (ImportError, SlideLensError):
@@ -215,7 +215,7 @@ def slide_facts(row: pd.Series, meta: dict[str, Any], slide: Any | None, version
     other = False
     ood = val("ood_score")
     if ood is not None:
-        from core.outliers import is_outlier
+        from core.model.outliers import is_outlier
 
         other = is_outlier(float(ood), meta)
     if pred is not None and row.get("pred_source") == OOF:
@@ -291,9 +291,9 @@ def compute_attention(cohort: Cohort, version: str | None, image_id: str) -> Non
         return
     bar = st.progress(0.0, "starting")
     try:
-        from core.backbones import create_backbone
-        from core.features import extract_slide
-        from core.infer import ensure_results
+        from core.model.backbones import create_backbone
+        from core.model.features import extract_slide
+        from core.model.infer import ensure_results
 
         feats = cohort.features / f"{image_id}.h5"
         if not feats.is_file():

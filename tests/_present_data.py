@@ -45,9 +45,9 @@ def build_present_cohort(root: Path) -> Path:
 
 def build_deck(toml: Path, name: str = "Tumour board") -> tuple[object, object, object]:
     """(cohort, store, deck) with the three cases in the order case_b, case_a, case_c and talking points."""
-    from core.cohort import load_cohort
-    from core.labels import read_labels
-    from core.store import open_store
+    from core.cohort.cohort_file import load_cohort
+    from core.cohort.labels import read_labels
+    from core.review.store import open_store
 
     cohort = load_cohort(toml)
     store = open_store(cohort.database)

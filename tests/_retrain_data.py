@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from _review_data import SLIDES, VERSION, make_review_cohort
 
-from core.feature_files import FeatureBag, write_features
+from core.model.feature_files import FeatureBag, write_features
 
 
 def write_features_for_slides(root: Path) -> None:
@@ -26,7 +26,7 @@ def write_features_for_slides(root: Path) -> None:
 
 def write_done_status(root: Path) -> None:
     """The progress file a finished first run leaves beside the demo folder."""
-    from core.firstrun import STAGES, FirstRunStatus, StageStatus, _write_status
+    from core.demo.firstrun import STAGES, FirstRunStatus, StageStatus, _write_status
 
     _write_status(root, FirstRunStatus(cohort=str(root), stages=[StageStatus(n, "done", 1.0) for n in STAGES],
                                        pid=0, done=True, tiny=True))

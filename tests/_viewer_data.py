@@ -61,8 +61,8 @@ def write_attention(path: Path, coords: np.ndarray, attention: np.ndarray, patch
 
 def add_sample_attention(root: Path, version: str = "v001-abmil") -> None:
     """Attention on the real sample slide's tissue patches: a hot spot, so the overlay shows a clear pattern."""
-    from core.slides import open_slide
-    from core.tiling import patch_grid
+    from core.slides.slide import open_slide
+    from core.slides.tiling import patch_grid
 
     slide = open_slide(SAMPLE_SVS)
     grid = patch_grid(slide, 128, 0.5, min_tissue=0.1)

@@ -17,7 +17,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from core.analysis import (
+from core.analysis.label_issues import planted_recall, rank_label_issues
+from core.analysis.metrics import (
     calibration,
     cell_slides,
     compare_versions,
@@ -28,7 +29,6 @@ from core.analysis import (
     join_predictions,
     metrics_by,
 )
-from core.analysis_issues import planted_recall, rank_label_issues
 from core.cli import main as cli_main
 from core.errors import InputError
 

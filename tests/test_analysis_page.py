@@ -12,8 +12,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from conftest import synthetic_tissue, write_pyramid_tiff
-from core.cohort import load_cohort
-from core.review import open_cohort_store
+from core.cohort.cohort_file import load_cohort
+from core.review.queue import open_cohort_store
 from ui.safe import md
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Analysis against the reviewed labels (core.analysis_io) agrees with the one rule of core.slide_table, and the
+"""Analysis against the reviewed labels (core.analysis.files) agrees with the one rule of core.review.slide_table, and the
 confusion cell of the analysis page's URL parses back."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 from _review_data import SLIDES, VERSION, make_review_cohort
 
-from core.analysis import compute_metrics, format_cell, parse_cell
-from core.analysis_io import n_errors, reviewed_join, score_caption
-from core.cohort import load_cohort
-from core.review import load_model_view, open_cohort_store
-from core.slide_table import reviewed_labels, slide_table, version_analysis
+from core.analysis.files import n_errors, reviewed_join, score_caption
+from core.analysis.metrics import compute_metrics, format_cell, parse_cell
+from core.cohort.cohort_file import load_cohort
+from core.review.queue import load_model_view, open_cohort_store
+from core.review.slide_table import reviewed_labels, slide_table, version_analysis
 
 
 def test_reviewed_join_judges_errors_as_the_slide_table_does(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Annotation changes drawn in the viewer (core.annotation_ops): each create / edit / delete / undo goes through the
+"""Annotation changes drawn in the viewer (core.review.annotation_ops): each create / edit / delete / undo goes through the
 store with the reviewer's name and is audited; bad shapes, unknown classes and stale edits are one clear line."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.annotation_ops import apply_op
-from core.store import Store, open_store
+from core.review.annotation_ops import apply_op
+from core.review.store import Store, open_store
 
 SQUARE = {"type": "Polygon", "coordinates": [[[10, 10], [50, 10], [50, 40], [10, 40], [10, 10]]]}
 MOVED = {"type": "Polygon", "coordinates": [[[20, 10], [60, 10], [60, 40], [20, 40], [20, 10]]]}
@@ -103,7 +103,7 @@ def test_annotorious_build_is_served_by_the_app_and_nothing_else_of_node_modules
     from starlette.applications import Starlette
     from starlette.testclient import TestClient
 
-    from core import tiles
+    from core.viewer import tiles
 
     if not tiles.ANNO_DIR.is_dir():
         pytest.skip("@annotorious/openseadragon is not installed (npm ci)")

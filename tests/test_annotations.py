@@ -15,11 +15,11 @@ import pytest
 import shapely
 from sqlalchemy import create_engine, inspect, text
 
-from core import annotations as A
-from core.annotation_metrics import attention_inside, auroc, cohort_inside_table, patches_inside, tumour_region
 from core.cli import main
 from core.errors import InputError
-from core.store import ConflictError, Store, open_store
+from core.review import annotations as A
+from core.review.annotation_metrics import attention_inside, auroc, cohort_inside_table, patches_inside, tumour_region
+from core.review.store import ConflictError, Store, open_store
 from tests._review_data import make_review_cohort
 
 PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
@@ -222,7 +222,7 @@ def test_attention_inside_against_a_hand_computed_case() -> None:
 
 
 def _ann(geom: dict, cls: str, image_id: str = "s1"):  # noqa: ANN202
-    from core.store_annotations import Annotation
+    from core.review.store_annotations import Annotation
 
     return Annotation(0, image_id, geom, cls, "", "t", "", "", "t", 1)
 
@@ -286,10 +286,10 @@ def test_cli_import_export_patches(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_cohort_table_puts_the_model_looking_elsewhere_first(tmp_path: Path) -> None:
-    from core.annotation_metrics import looks_elsewhere
-    from core.attention_layers import attention_path, read_attention
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.annotation_metrics import looks_elsewhere
+    from core.review.queue import open_cohort_store
+    from core.viewer.attention_layers import attention_path, read_attention
 
     toml = _cohort(tmp_path)
     cohort = load_cohort(toml)
@@ -308,8 +308,8 @@ def test_cohort_table_puts_the_model_looking_elsewhere_first(tmp_path: Path) -> 
 
 
 def test_review_queue_lists_a_slide_whose_model_attends_outside_the_tumour(tmp_path: Path) -> None:
-    from core.cohort import load_cohort
-    from core.review import build_queue, filter_queue, open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import build_queue, filter_queue, open_cohort_store
 
     cohort = load_cohort(_cohort(tmp_path))
     store = open_cohort_store(cohort)
@@ -328,8 +328,8 @@ def test_analysis_page_annotations_tab_lists_slides_looking_elsewhere(tmp_path: 
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from streamlit.testing.v1 import AppTest
 
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import open_cohort_store
 
     toml = _cohort(tmp_path)
     monkeypatch.setenv("SLIDELENS_COHORT", str(toml))
@@ -353,9 +353,9 @@ def test_viewer_says_how_much_attention_is_inside_the_tumour_outline(tmp_path: P
 
     from streamlit.testing.v1 import AppTest
 
-    from core import tiles
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import open_cohort_store
+    from core.viewer import tiles
 
     sys.path.insert(0, str(Path(__file__).parent))
     from _viewer_data import build_cohort
@@ -389,8 +389,8 @@ def test_viewer_says_how_much_attention_is_inside_the_tumour_outline(tmp_path: P
 def test_demo_masks_import_as_tumour_outlines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from PIL import Image
 
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import open_cohort_store
 
     toml = _cohort(tmp_path)
     masks = tmp_path / "masks"

@@ -19,8 +19,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def test_viewer_shows_attention_inside_and_exports_the_outline(tmp_path: Path) -> None:
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import open_cohort_store
 
     toml = build_cohort(tmp_path / "c", with_svs=False)
     outline = {"type": "Polygon", "coordinates": [[[100, 100], [480, 120], [460, 600], [90, 560], [100, 100]]]}
@@ -176,8 +176,8 @@ def _wait_key(page, part: str) -> None:
 
 
 def test_rectangle_freehand_point_edit_conflict_delete_undo_and_layers(tmp_path: Path) -> None:
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import open_cohort_store
 
     toml = build_cohort(tmp_path / "c", with_svs=False)
     at = lambda x, y: [round(v) for v in page.evaluate(TO_SCREEN, [x, y])]  # noqa: E731

@@ -14,8 +14,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from core.agreement import agreement_table, cohens_kappa
-from core.auth import (
+from core.analysis.agreement import agreement_table, cohens_kappa
+from core.errors import InputError
+from core.review.auth import (
     SESSION_MAX_AGE_S,
     USER_COOKIE,
     AccessDenied,
@@ -25,9 +26,8 @@ from core.auth import (
     session_claims,
     sign_session,
 )
-from core.errors import InputError
-from core.store import Store, open_store
-from core.tile_guard import guard_routes
+from core.review.store import Store, open_store
+from core.review.tile_guard import guard_routes
 
 PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])

@@ -14,9 +14,9 @@ import pytest
 from _browser import CHROMIUM_ARGS, running_app, save_screenshot
 from _review_data import make_review_cohort
 
-from core.auth import Identity
-from core.cohort import load_cohort
-from core.review import open_cohort_store
+from core.cohort.cohort_file import load_cohort
+from core.review.auth import Identity
+from core.review.queue import open_cohort_store
 
 pytestmark = pytest.mark.browser
 

@@ -51,15 +51,15 @@ def test_reachable_provider_offers_sign_in() -> None:
 
 
 def _team_script(url: str) -> None:
-    from core.store import open_store
+    from core.review.store import open_store
     from ui.assignments_view import team_summary
 
     team_summary(open_store(url))
 
 
 def test_home_team_summary_shows_progress_and_kappa(tmp_path) -> None:  # noqa: ANN001 - pytest's tmp_path
-    from core.auth import Identity
-    from core.store import open_store
+    from core.review.auth import Identity
+    from core.review.store import open_store
 
     url = f"sqlite:///{tmp_path / 'r.db'}"
     local = AppTest.from_function(_team_script, args=(url,))

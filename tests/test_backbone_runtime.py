@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import create_backbone, embed
-from core.onnx_backbone import export_path, onnx_available
+from core.model.backbones import create_backbone, embed
+from core.model.onnx_backbone import export_path, onnx_available
 
 pytestmark = pytest.mark.skipif(not onnx_available(), reason="onnxruntime / onnx not installed")
 SVS = Path("/work/shared/data/slides/CMU-1-Small-Region.svs")
@@ -28,7 +28,7 @@ def _patches() -> torch.Tensor:
     rng = np.random.default_rng(0)
     out = rng.integers(0, 256, (6, 256, 256, 3), dtype=np.uint8)
     if SVS.is_file():
-        from core.slides import open_slide
+        from core.slides.slide import open_slide
 
         slide = open_slide(SVS)
         w, h = slide.dimensions
@@ -47,7 +47,7 @@ def test_onnx_runtime_gives_the_same_features_and_predictions(cache: Path) -> No
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
     assert embed(fast, x[:1]).shape == (1, 1280)  # the batch size is free (a slide's last, short batch)
     # the MIL model's result is the same on either set of features
-    from core.mil import create_model
+    from core.model.mil import create_model
 
     torch.manual_seed(0)
     model = create_model("abmil", in_dim=1280, n_classes=5).eval()
@@ -59,7 +59,7 @@ def test_onnx_runtime_gives_the_same_features_and_predictions(cache: Path) -> No
 
 
 def test_exported_graph_is_reused_and_a_failed_export_falls_back(cache: Path, monkeypatch) -> None:
-    import core.onnx_backbone as ob
+    import core.model.onnx_backbone as ob
 
     first = create_backbone(device="cpu")
     x = _patches()[:2]
@@ -81,7 +81,7 @@ def test_exported_graph_is_reused_and_a_failed_export_falls_back(cache: Path, mo
 
 def test_runtime_choice(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.errors import InputError
-    from core.onnx_backbone import choose_runtime
+    from core.model.onnx_backbone import choose_runtime
 
     assert choose_runtime("auto", "efficientnet_lite0", None, "cpu") == "onnxruntime"
     assert choose_runtime("auto", "efficientnet_lite0", "my.pt", "cpu") == "torch"  # untested weights: PyTorch

@@ -12,11 +12,11 @@ import pytest
 
 from core.bench.retrain import MARKER, REVIEWER, bench_retrain, make_workspace, score_oof
 from core.cli import main
-from core.cohort import load_cohort
-from core.demo import build_demo
+from core.cohort.cohort_file import load_cohort
+from core.demo.plan import build_demo
 from core.errors import InputError
-from core.feature_files import FeatureBag, write_features
-from core.store import open_store
+from core.model.feature_files import FeatureBag, write_features
+from core.review.store import open_store
 
 
 def _fake_features(root: Path, truth: pd.DataFrame, dim: int = 16, n: int = 12) -> None:

@@ -13,8 +13,8 @@ from test_train_infer import write_cohort
 from core.cli import build_parser
 from core.cli import main as cli_main
 from core.errors import InputError
-from core.models import resolve_model_arg
-from core.train import train_model
+from core.model.train import train_model
+from core.model.versions import resolve_model_arg
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: str = "") -> list[tuple[str, argparse.ArgumentParser]]:
@@ -90,9 +90,9 @@ def test_analyze_on_a_cohort_scores_the_reviewed_labels_like_the_pages(tmp_path:
 
     from _review_data import make_review_cohort
 
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
-    from core.summary import cohort_summary
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import open_cohort_store
+    from core.review.summary import cohort_summary
 
     toml = make_review_cohort(tmp_path / "c")
     cohort = load_cohort(toml)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PYRAMID_TIFF, SVS, synthetic_tissue, write_pyramid_tiff
-from core.cohort import load_cohort
-from core.cohort_init import init_cohort
+from core.cohort.cohort_file import load_cohort
+from core.cohort.cohort_init import init_cohort
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,8 +135,8 @@ def test_init_report_lists_sizes_and_images_to_convert(tmp_path: Path) -> None:
 def test_is_tma_mpp_is_overridden_by_the_cohort_and_written_into_the_pyramid(tmp_path: Path) -> None:
     import openslide
 
-    from core.convert import convert_cohort
-    from core.pyramid import pyramid_path
+    from core.cohort.convert import convert_cohort
+    from core.slides.pyramid import pyramid_path
 
     images, labels = _ubc_folder(tmp_path, n=2)
     toml = tmp_path / "cohort.toml"
@@ -152,8 +152,8 @@ def test_is_tma_mpp_is_overridden_by_the_cohort_and_written_into_the_pyramid(tmp
 
 
 def test_list_thumbnails_use_the_thumbnail_files_and_never_convert(tmp_path: Path) -> None:
-    from core.slide_thumbnails import quick_thumbnail, sidecar_thumbnail
-    from core.viewer_data import thumbnail_data_url
+    from core.review.viewer_data import thumbnail_data_url
+    from core.slides.thumbnails import quick_thumbnail, sidecar_thumbnail
 
     images, _ = _ubc_folder(tmp_path, n=2)
     assert sidecar_thumbnail(images / "11.png") == tmp_path / "train_thumbnails" / "11_thumbnail.png"

@@ -8,7 +8,7 @@ import pytest
 from _review_data import make_review_cohort
 from streamlit.testing.v1 import AppTest
 
-from core.cohort import checked_cohort_file
+from core.cohort.cohort_file import checked_cohort_file
 from core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,8 +16,8 @@ import tifffile
 from PIL import Image
 
 from core.errors import SlideError
-from core.pyramid import build_pyramid_whole_decode, ensure_pyramid, pyramid_path, remove_stale_parts
-from core.slides import needs_conversion, open_slide
+from core.slides.pyramid import build_pyramid_whole_decode, ensure_pyramid, pyramid_path, remove_stale_parts
+from core.slides.slide import needs_conversion, open_slide
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -216,7 +216,7 @@ def test_convert_command_full_disk_and_bad_files_do_not_stop_the_batch(tmp_path:
 
 
 def test_jpeg_header_and_truncated_jpeg(tmp_path: Path) -> None:
-    from core.image_headers import read_header
+    from core.slides.image_headers import read_header
 
     jpg = tmp_path / "core_2.jpg"
     Image.fromarray(texture(640, 480)).save(jpg, quality=90)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
-from core.decks import class_names, reading_lines
 from core.errors import InputError
-from core.store import ConflictError, Store, open_store
+from core.review.decks import class_names, reading_lines
+from core.review.store import ConflictError, Store, open_store
 
 PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])

@@ -1,4 +1,4 @@
-"""The demo cohort: real files that open through core.slides, aligned masks, requested noise, determinism."""
+"""The demo cohort: real files that open through core.slides.slide, aligned masks, requested noise, determinism."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 
 from core.cli import main
-from core.cohort import load_cohort
-from core.demo import DEFAULT_CLASSES, OUTLIER_LABEL, build_demo, plan_cohort
+from core.cohort.cohort_file import load_cohort
+from core.cohort.labels import read_labels
+from core.demo.plan import DEFAULT_CLASSES, OUTLIER_LABEL, build_demo, plan_cohort
 from core.errors import InputError
-from core.labels import read_labels
-from core.slides import open_slide
+from core.slides.slide import open_slide
 
 SEED = 3
 
@@ -223,7 +223,7 @@ def test_cli_builds_with_samples_and_rejects_bad_input(tmp_path: Path, capsys) -
 
 
 def test_progressive_demo_starts_with_a_handful_and_adds_each_slide_fully_formed(tmp_path: Path) -> None:
-    from core.demo_progressive import add_slides, pending_ids, read_plan, starter_ids
+    from core.demo.progressive import add_slides, pending_ids, read_plan, starter_ids
 
     kw = {"seed": SEED, "tiny": True, "n_wsi": 4, "n_tma": 1, "n_outliers": 1, "classes": ("A", "B")}
     planned = plan_cohort(SEED, n_wsi=4, n_tma=1, n_outliers=1, tiny=True, classes=("A", "B"))

@@ -11,12 +11,12 @@ import pytest
 from test_train_infer import CLASSES, write_cohort
 
 from core.cli import main as cli_main
-from core.cohort import cohort_from_dict
-from core.ensemble import Member, build_ensemble, combine_attention, hard_vote, rank_normalise, soft_vote
+from core.cohort.cohort_file import cohort_from_dict
 from core.errors import InputError
-from core.infer import ensure_results, infer_features, load_model, read_attention
-from core.models import list_versions, read_model_meta
-from core.train import train_model
+from core.model.ensemble import Member, build_ensemble, combine_attention, hard_vote, rank_normalise, soft_vote
+from core.model.infer import ensure_results, infer_features, load_model, read_attention
+from core.model.train import train_model
+from core.model.versions import list_versions, read_model_meta
 
 
 def test_soft_vote_is_the_mean() -> None:

@@ -11,12 +11,12 @@ import pytest
 from _review_data import OOD_THRESHOLD, SLIDES, make_review_cohort, set_final_predictions
 
 from core.cli import main
-from core.cohort import Cohort, load_cohort
+from core.cohort.cohort_file import Cohort, load_cohort
+from core.cohort.labels import read_labels
 from core.errors import InputError
-from core.export import export_labels, manifest_path_for
-from core.labels import read_labels
-from core.review import build_queue, filter_queue, open_cohort_store
-from core.store import Store
+from core.review.export import export_labels, manifest_path_for
+from core.review.queue import build_queue, filter_queue, open_cohort_store
+from core.review.store import Store
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_queue_mixes_sources_with_reasons(cohort: Cohort, store: Store) -> None:
     assert set(by_id.index) == {"s01", "s02", "s03", "s06"}
     assert "label issue #1: out-of-fold prediction suggests 'tumor'" in by_id.loc["s01", "reasons"]
     assert f"OOD score 9 > threshold {OOD_THRESHOLD:g}" in by_id.loc["s02", "reasons"]
-    # the rule of core.slide_table: judged on the out-of-fold prediction (0.55), not the final model's (0.54)
+    # the rule of core.review.slide_table: judged on the out-of-fold prediction (0.55), not the final model's (0.54)
     assert "low confidence (out-of-fold): 0.55" in by_id.loc["s03", "reasons"]
     assert (by_id.loc["s03", "pred_source"], by_id.loc["s03", "final_pred"]) == ("out-of-fold", "tumor")
     assert by_id.loc["s06", "reasons"] == "second opinion requested by ann"

@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 from skimage import data
 
-from core.backbones import create_backbone, create_timm_model, embed, lite0_package_weights, map_lite0_keys
 from core.cli import main as cli_main
 from core.errors import InputError, SlideError
-from core.feature_files import FeatureBag, read_features, write_features
-from core.features import extract_cohort, extract_slide
-from core.slides import open_slide
-from core.tiling import patch_grid
+from core.model.backbones import create_backbone, create_timm_model, embed, lite0_package_weights, map_lite0_keys
+from core.model.feature_files import FeatureBag, read_features, write_features
+from core.model.features import extract_cohort, extract_slide
+from core.slides.slide import open_slide
+from core.slides.tiling import patch_grid
 from tests.conftest import SVS
 
 # few patches: 224 px at 1 um/px on the 2220 x 2967 CMU region is a 4 x 6 grid

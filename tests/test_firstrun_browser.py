@@ -11,8 +11,8 @@ import pytest
 from _browser import browser_page, running_app, save_screenshot
 
 from core.bench.firstrun import open_viewer_with_attention
-from core.demo_progressive import read_plan
-from core.firstrun import STAGES, read_status
+from core.demo.firstrun import STAGES, read_status
+from core.demo.progressive import read_plan
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from core.decks import deck_cases
-from core.handout import deck_html, export_deck
+from core.review.decks import deck_cases
+from core.review.handout import deck_html, export_deck
 from tests._present_data import build_deck, build_present_cohort
 
 

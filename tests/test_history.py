@@ -11,8 +11,8 @@ import pytest
 from test_train_infer import CLASSES, write_cohort
 
 from core.cli import main as cli_main
-from core.history import class_metrics, curves, lagging_classes, read_history
-from core.train import train_model
+from core.model.history import class_metrics, curves, lagging_classes, read_history
+from core.model.train import train_model
 
 
 @pytest.fixture(scope="module")

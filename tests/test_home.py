@@ -8,9 +8,9 @@ import pytest
 from _review_data import make_review_cohort
 from streamlit.testing.v1 import AppTest
 
-from core.cohort import load_cohort
-from core.review import open_cohort_store
-from core.summary import cohort_summary
+from core.cohort.cohort_file import load_cohort
+from core.review.queue import open_cohort_store
+from core.review.summary import cohort_summary
 from ui.safe import md
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from conftest import SHARED_SLIDES
-from core.cohort import load_cohort
-from core.config import load_settings
+from core.cohort.cohort_file import load_cohort
+from core.cohort.labels import read_labels
+from core.cohort.settings import load_settings
 from core.errors import InputError
-from core.labels import read_labels
 
 
 def _csv(tmp: Path, text: str) -> Path:

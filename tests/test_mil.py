@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.mil import MILOutput, create_model, list_models
-from core.mil.transmil import TransLayer
+from core.model.mil import MILOutput, create_model, list_models
+from core.model.mil.transmil import TransLayer
 
 SIZES = [1, 7, 257, 1000]  # 257 and 1000 need Nystrom padding; 7 and 257 need the PPEG square fill
 D, C = 24, 3

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import SHARED_SLIDES
-from core.slides import open_slide
+from core.slides.slide import open_slide
 
 NDPI = SHARED_SLIDES / "test3-TRITC-2.ndpi"
 pytestmark = pytest.mark.skipif(not NDPI.is_file(), reason="NDPI sample not in ../shared/data/slides")

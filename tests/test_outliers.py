@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from core.errors import InputError
-from core.outliers import (
+from core.model.outliers import (
     OTHER_LABEL,
     display_label,
     fit_ood,
@@ -116,9 +116,9 @@ def test_trained_model_flags_bags_of_another_tissue(tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from test_train_infer import make_bag, write_cohort
 
-    from core.feature_files import FeatureBag
-    from core.infer import infer_slide, load_model
-    from core.train import train_model
+    from core.model.feature_files import FeatureBag
+    from core.model.infer import infer_slide, load_model
+    from core.model.train import train_model
 
     write_cohort(tmp_path, per_class=4, seed=11)
     loaded = load_model(train_model(tmp_path / "features", tmp_path / "labels.csv", folds=2, epochs=10))

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from openslide.deepzoom import DeepZoomGenerator
 
-from core import overlay
 from core.errors import InputError
-from core.slides import open_slide
+from core.slides.slide import open_slide
+from core.viewer import overlay
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _viewer_data import PATCH, grid_coords, write_pyramid  # noqa: E402

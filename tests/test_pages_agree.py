@@ -1,4 +1,4 @@
-"""Issue 12: the pages agree about the same slide and model (one rule, core.slide_table).
+"""Issue 12: the pages agree about the same slide and model (one rule, core.review.slide_table).
 
 A tiny cohort where the rule matters: a slide is relabelled and another flagged as an outlier in the review database,
 and one slide's out-of-fold prediction differs from the final model's. Home, analysis, viewer and review are run with
@@ -16,9 +16,9 @@ import pytest
 from _review_data import VERSION, make_review_cohort
 from streamlit.testing.v1 import AppTest
 
-from core import tiles
-from core.cohort import load_cohort
-from core.review import open_cohort_store
+from core.cohort.cohort_file import load_cohort
+from core.review.queue import open_cohort_store
+from core.viewer import tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 RELABELLED, NEW_LABEL = "s00", "tumor"  # labels file: normal; out-of-fold and final model: normal

@@ -41,7 +41,7 @@ def _inside(view: list[float], box: tuple[int, int, int, int]) -> bool:
 
 
 def test_present_a_deck_with_the_keyboard(tmp_path: Path) -> None:
-    from core.decks import deck_cases
+    from core.review.decks import deck_cases
 
     toml = build_present_cohort(tmp_path)
     cohort, store, deck = build_deck(toml)
@@ -103,8 +103,8 @@ def test_present_a_deck_with_the_keyboard(tmp_path: Path) -> None:
 
 
 def test_build_a_deck_from_the_error_analysis(tmp_path: Path) -> None:
-    from core.cohort import load_cohort
-    from core.store import open_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.store import open_store
 
     toml = build_present_cohort(tmp_path)
     build_deck(toml)

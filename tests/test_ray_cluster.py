@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.feature_files import read_features
-from core.features import extract_cohort
+from core.model.feature_files import read_features
+from core.model.features import extract_cohort
 from tests.conftest import synthetic_tissue, write_pyramid_tiff
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def cluster_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from core.backbones import create_backbone, create_timm_model
+    from core.model.backbones import create_backbone, create_timm_model
 
     data = tmp_path_factory.mktemp("ray_data")
     good, slides = data / "good", data / "slides"

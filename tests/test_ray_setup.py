@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from core.cohort import cohort_from_dict, load_cohort
+from core.cohort.cohort_file import cohort_from_dict, load_cohort
 from core.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +28,8 @@ def test_compute_ray_setting_round_trips_and_is_checked(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ray_setting", [None, "auto"])
 def test_bulk_predictions_go_to_the_cluster_only_with_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                   ray_setting: str | None) -> None:
-    import core.infer as infer
-    import core.ray_jobs as ray_jobs
+    import core.model.infer as infer
+    import core.model.ray_jobs as ray_jobs
 
     class Loaded:
         path, version = tmp_path / "models" / "v001", "v001"
@@ -51,8 +51,8 @@ def test_bulk_predictions_go_to_the_cluster_only_with_the_setting(tmp_path: Path
 
 
 def test_bulk_predictions_on_the_cluster_name_a_failed_slide(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.infer as infer
-    import core.ray_jobs as ray_jobs
+    import core.model.infer as infer
+    import core.model.ray_jobs as ray_jobs
 
     class Loaded:
         path, version = tmp_path / "models" / "v001", "v001"
@@ -66,8 +66,8 @@ def test_bulk_predictions_on_the_cluster_name_a_failed_slide(tmp_path: Path, mon
 
 
 def test_without_the_flag_ray_is_never_imported() -> None:
-    code = ("import sys; from core.cli import build_parser; build_parser(['extract']); import core.features, "
-            "core.infer, core.convert, core.cohort; assert 'ray' not in sys.modules, 'ray imported'")
+    code = ("import sys; from core.cli import build_parser; build_parser(['extract']); import core.model.features, "
+            "core.model.infer, core.cohort.convert, core.cohort.cohort_file; assert 'ray' not in sys.modules, 'ray imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

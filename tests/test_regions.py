@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.errors import InputError
-from core.regions import top_regions
+from core.viewer.regions import top_regions
 
 S = 100  # patch side in level-0 pixels
 

@@ -12,9 +12,8 @@ from _retrain_data import make_demo_like
 from _review_data import SLIDES, VERSION
 from streamlit.testing.v1 import AppTest
 
-from core.cohort import load_cohort
-from core.errors import InputError
-from core.firstrun import (
+from core.cohort.cohort_file import load_cohort
+from core.demo.firstrun import (
     ESTIMATE_S,
     STAGES,
     FirstRunStatus,
@@ -24,8 +23,9 @@ from core.firstrun import (
     read_status,
     run_first_run,
 )
-from core.models import default_index, default_version
-from core.review import load_model_view, open_cohort_store, retrain
+from core.errors import InputError
+from core.model.versions import default_index, default_version
+from core.review.queue import load_model_view, open_cohort_store, retrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_newer_version_without_predictions_keeps_the_demo_complete(tmp_path: Pat
 
 
 def test_pages_default_to_the_newest_version_with_predictions(tmp_path: Path) -> None:
-    from core.summary import cohort_summary
+    from core.review.summary import cohort_summary
 
     root = tmp_path / "demo"
     cohort = load_cohort(make_demo_like(root, killed_retrain=True))
@@ -89,7 +89,7 @@ def test_retrain_leaves_predictions_and_attention_of_the_new_version(tmp_path: P
 @pytest.mark.slow
 def test_retrain_whose_predictions_fail_registers_the_version_and_says_how_to_fix(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.infer
+    import core.model.infer
 
     root = tmp_path / "demo"
     cohort = load_cohort(make_demo_like(root))
@@ -98,7 +98,7 @@ def test_retrain_whose_predictions_fail_registers_the_version_and_says_how_to_fi
     def broken(*_a, **_k) -> None:
         raise InputError("features/s03.h5: not a readable HDF5 features file")
 
-    monkeypatch.setattr(core.infer, "ensure_results", broken)
+    monkeypatch.setattr(core.model.infer, "ensure_results", broken)
     with pytest.raises(InputError, match=r"v002-abmil was trained but its predictions failed .*"
                                          r"python -m core infer --cohort .*cohort.toml --version v002-abmil"):
         retrain(cohort, store, cohort.labels, folds=2, epochs=2, device="cpu")
@@ -126,20 +126,20 @@ def test_first_run_resumes_missing_predictions_of_a_newer_version_without_traini
 
 
 def test_feature_stage_says_which_slide(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import core.backbones
-    import core.features
-    from core.features import ExtractReport
-    from core.firstrun import _extract
+    import core.model.backbones
+    import core.model.features
+    from core.demo.firstrun import _extract
+    from core.model.features import ExtractReport
 
     cohort = load_cohort(make_demo_like(tmp_path / "demo"))
-    monkeypatch.setattr(core.backbones, "create_backbone", lambda name: object())
+    monkeypatch.setattr(core.model.backbones, "create_backbone", lambda name: object())
 
     def fake(slides, out_dir, backbone, progress=None, **_kw) -> ExtractReport:
         (image_id, path), = slides.items()
         progress(0.5, f"{path.name}: 5/10 patches")
         return ExtractReport(written=[image_id])
 
-    monkeypatch.setattr(core.features, "extract_cohort", fake)
+    monkeypatch.setattr(core.model.features, "extract_cohort", fake)
     seen: list[tuple[float, str]] = []
     _extract(cohort, ["s00", "s01", "s02"], lambda f, m: seen.append((f, m)))
     assert seen == [(pytest.approx(0.5 / 3), "slide 1 of 3 · s00.png: 5/10 patches"),
@@ -181,7 +181,7 @@ def test_eta_uses_stages_an_earlier_run_finished() -> None:
 
 
 def test_eta_until_the_app_opens_leaves_out_the_background_stages() -> None:
-    from core.firstrun import BACKGROUND_STAGES, QUICK_STAGES
+    from core.demo.firstrun import BACKGROUND_STAGES, QUICK_STAGES
 
     now = 1_000_000.0
     status = FirstRunStatus("demo", [StageStatus(n) for n in STAGES])
@@ -220,7 +220,7 @@ def test_background_banner_says_what_is_left_and_resumes_only_a_killed_build(
     import os
 
     import ui.firstrun_view
-    from core.firstrun import QUICK_STAGES, _write_status, demo_pending
+    from core.demo.firstrun import QUICK_STAGES, _write_status, demo_pending
 
     root = tmp_path / "demo"
     make_demo_like(root)

@@ -10,8 +10,8 @@ import pytest
 from _browser import CHROMIUM_ARGS, running_app, save_screenshot
 from _review_data import make_review_cohort
 
-from core.cohort import load_cohort
-from core.review import open_cohort_store
+from core.cohort.cohort_file import load_cohort
+from core.review.queue import open_cohort_store
 
 pytestmark = pytest.mark.browser
 LOCAL_HOSTS = {"127.0.0.1", "localhost"}
@@ -50,7 +50,7 @@ def _open(page, url: str, slide: str, name: str | None = "ann") -> None:  # noqa
         expect(page.get_by_text("Enter your name above")).to_have_count(0, timeout=30_000)
 
 
-def _store(toml: Path):  # noqa: ANN202 - a core.store.Store
+def _store(toml: Path):  # noqa: ANN202 - a core.review.store.Store
     return open_cohort_store(load_cohort(toml), sync=False)
 
 

@@ -9,8 +9,8 @@ import pytest
 from _review_data import make_review_cohort
 from streamlit.testing.v1 import AppTest
 
-from core.cohort import load_cohort
-from core.review import open_cohort_store
+from core.cohort.cohort_file import load_cohort
+from core.review.queue import open_cohort_store
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = str(ROOT / "pages" / "review.py")
@@ -156,7 +156,7 @@ def test_retrain_button_trains_a_new_version_in_the_background(monkeypatch: pyte
     import numpy as np
     from _review_data import SLIDES
 
-    from core.feature_files import FeatureBag, write_features
+    from core.model.feature_files import FeatureBag, write_features
 
     toml = make_review_cohort(tmp_path / "c")
     rng = np.random.default_rng(0)

@@ -12,8 +12,8 @@ from PIL import Image
 
 from conftest import DICOM, PYRAMID_TIFF, SVS, synthetic_tissue, write_pyramid_tiff
 from core.errors import SlideError
-from core.slide_cache import SlideCache
-from core.slides import find_slides, open_slide
+from core.slides.cache import SlideCache
+from core.slides.slide import find_slides, open_slide
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_mpp_none_without_resolution_tags_and_overrides(tmp_path: Path) -> None:
 
 
 def _expected_tile_size(level_dims: tuple[int, int], col: int, row: int, ts: int = 254, ov: int = 1):
-    """Deep Zoom tile size written out independently of core.slides.dz_tile_size."""
+    """Deep Zoom tile size written out independently of core.slides.slide.dz_tile_size."""
     x0 = col * ts - (ov if col > 0 else 0)
     y0 = row * ts - (ov if row > 0 else 0)
     return min(level_dims[0], (col + 1) * ts + ov) - x0, min(level_dims[1], (row + 1) * ts + ov) - y0

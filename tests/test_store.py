@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from sqlalchemy import create_engine, inspect, text
 
+from core.cohort.labels import read_labels
 from core.errors import InputError
-from core.labels import read_labels
-from core.store import ConflictError, Store, open_store
-from core.store_schema import SCHEMA_VERSION, metadata
+from core.review.store import ConflictError, Store, open_store
+from core.review.store_schema import SCHEMA_VERSION, metadata
 
 PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])

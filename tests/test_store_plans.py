@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from test_store import BACKENDS, PG_URL, _fresh_pg
 
-from core.store import open_store
+from core.review.store import open_store
 
 QUERIES = {
     "state of one slide": "SELECT * FROM label_state WHERE image_id = 's00042'",

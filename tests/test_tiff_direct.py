@@ -15,9 +15,9 @@ from openslide.deepzoom import DeepZoomGenerator
 
 from conftest import PYRAMID_TIFF, SVS, synthetic_tissue, write_pyramid_tiff
 from core.errors import SlideError
-from core.slide_cache import SlideCache
-from core.slides import DZ_OVERLAP, DZ_TILE_SIZE, open_slide
-from core.tiff_direct import DirectTiffReader, _DecodedTiles, _Level, _true_downsample, open_direct
+from core.slides.cache import SlideCache
+from core.slides.slide import DZ_OVERLAP, DZ_TILE_SIZE, open_slide
+from core.slides.tiff_direct import DirectTiffReader, _DecodedTiles, _Level, _true_downsample, open_direct
 
 
 def _openslide_tiles(path: Path) -> tuple[DeepZoomGenerator, list[tuple[int, int, int]]]:

@@ -13,9 +13,9 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from core import overlay, tiles
-from core.cohort import load_cohort
-from core.slides import open_slide
+from core.cohort.cohort_file import load_cohort
+from core.slides.slide import open_slide
+from core.viewer import overlay, tiles
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _viewer_data import PATCH, build_cohort, grid_coords  # noqa: E402
@@ -204,8 +204,8 @@ def test_openseadragon_is_served_same_origin(client):
 def test_plain_image_pyramids_live_in_the_cohorts_cache(tmp_path) -> None:
     from PIL import Image
 
-    from core.cohort import cohort_from_dict
-    from core.tiles import open_cohort_slide
+    from core.cohort.cohort_file import cohort_from_dict
+    from core.viewer.tiles import open_cohort_slide
 
     (tmp_path / "slides").mkdir()
     Image.new("RGB", (700, 500), (230, 150, 190)).save(tmp_path / "slides" / "core_7.png")

@@ -7,8 +7,8 @@ import pytest
 
 from conftest import DICOM, SVS, synthetic_tissue, write_pyramid_tiff
 from core.errors import SlideError
-from core.slides import open_slide
-from core.tiling import patch_grid, patch_size_level0, tissue_mask, tissue_mask_from_rgb
+from core.slides.slide import open_slide
+from core.slides.tiling import patch_grid, patch_size_level0, tissue_mask, tissue_mask_from_rgb
 
 
 def _simple_tissue(rgb: np.ndarray) -> np.ndarray:

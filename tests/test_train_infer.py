@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from core.cli import main as cli_main
-from core.cohort import cohort_from_dict
+from core.cohort.cohort_file import cohort_from_dict
 from core.errors import InputError
-from core.feature_files import FeatureBag, read_features, write_features
-from core.infer import ensure_results, infer_slide, load_model, read_attention, slide_attention
-from core.models import latest_version, list_versions
-from core.train import train_model
+from core.model.feature_files import FeatureBag, read_features, write_features
+from core.model.infer import ensure_results, infer_slide, load_model, read_attention, slide_attention
+from core.model.train import train_model
+from core.model.versions import latest_version, list_versions
 
 D = 16
 CLASSES = ["A", "B", "C"]

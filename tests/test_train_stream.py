@@ -13,9 +13,9 @@ from safetensors.torch import load_file
 from test_train_infer import write_cohort
 
 from core.errors import InputError
-from core.feature_files import FeatureBag, read_feature_info, read_features, write_features
-from core.train import train_model
-from core.train_data import Bag, bag_cache, input_stats, load_bags, set_bag_cache
+from core.model.feature_files import FeatureBag, read_feature_info, read_features, write_features
+from core.model.train import train_model
+from core.model.train_data import Bag, bag_cache, input_stats, load_bags, set_bag_cache
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_analysis_page import CLASSES, ROOT, ROWS, build_cohort
 
-from core.models import read_model_meta
+from core.model.versions import read_model_meta
 from ui.safe import md
 
 PAGE = str(ROOT / "pages" / "training.py")

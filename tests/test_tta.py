@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.backbones import create_backbone, embed
 from core.errors import InputError
-from core.feature_files import FeatureBag, read_feature_info, read_features, write_features
-from core.features import extract_cohort, extract_slide
-from core.infer import check_bag
-from core.train_data import load_bags
-from core.tta import embed_tta, feature_identity, views
+from core.model.backbones import create_backbone, embed
+from core.model.feature_files import FeatureBag, read_feature_info, read_features, write_features
+from core.model.features import extract_cohort, extract_slide
+from core.model.infer import check_bag
+from core.model.train_data import load_bags
+from core.model.tta import embed_tta, feature_identity, views
 from tests.conftest import SVS
 
 PATCH, FEW_MPP = 224, 2.0

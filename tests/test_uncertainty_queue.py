@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 from _review_data import VERSION, make_review_cohort
 
-from core.cohort import load_cohort
-from core.review import build_queue, open_cohort_store
-from core.slide_table import cohort_slide_table
+from core.cohort.cohort_file import load_cohort
+from core.review.queue import build_queue, open_cohort_store
+from core.review.slide_table import cohort_slide_table
 
 
 def test_uncertain_final_prediction_is_a_queue_reason(tmp_path: Path) -> None:

@@ -11,15 +11,15 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from core.bench.viewer import ROOT, choose_slide, tiles_shown_js
-from core.tiles import read_attention
+from core.viewer.tiles import read_attention
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _browser import CHROMIUM_ARGS, running_app, save_screenshot  # noqa: E402
 from _viewer_data import SAMPLE_SVS, add_sample_attention, build_cohort, write_pyramid  # noqa: E402
 
-from core.slides import open_slide  # noqa: E402
-from core.tiling import tissue_mask  # noqa: E402
-from core.viewer_data import gallery_patches, patch_tissue_fractions  # noqa: E402
+from core.review.viewer_data import gallery_patches, patch_tissue_fractions  # noqa: E402
+from core.slides.slide import open_slide  # noqa: E402
+from core.slides.tiling import tissue_mask  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[1]

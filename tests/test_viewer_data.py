@@ -1,4 +1,4 @@
-"""core.viewer_data: the viewer's slide table, filters, chooser rows, thumbnails and gallery (no Streamlit)."""
+"""core.review.viewer_data: the viewer's slide table, filters, chooser rows, thumbnails and gallery (no Streamlit)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from core import viewer_data as vd
-from core.cohort import load_cohort
-from core.review import open_cohort_store
-from core.tiling import TissueMask
+from core.cohort.cohort_file import load_cohort
+from core.review import viewer_data as vd
+from core.review.queue import open_cohort_store
+from core.slides.tiling import TissueMask
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _viewer_data import build_cohort  # noqa: E402

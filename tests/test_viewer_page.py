@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import tiles
-from core.tiles import read_attention
+from core.viewer import tiles
+from core.viewer.tiles import read_attention
 from ui.safe import md
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -157,8 +157,8 @@ def test_compute_attention_button_extracts_features_and_shows_the_overlay(tmp_pa
     import pandas as pd
     from _viewer_data import write_pyramid
 
-    from core.feature_files import FeatureBag, write_features
-    from core.train import train_model
+    from core.model.feature_files import FeatureBag, write_features
+    from core.model.train import train_model
 
     # the model: trained on stand-in features of the backbone's name and width (training is not under test here)
     rng = np.random.default_rng(0)
@@ -232,8 +232,8 @@ def test_unknown_model_version_is_named_and_offered(app, bad):
 
 # --- issue 12: one rule for labels on every page ----------------------------------------------------------
 def test_relabel_shows_at_once_in_the_header_and_the_filters(tmp_path, monkeypatch):
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import open_cohort_store
 
     toml = build_cohort(tmp_path, with_svs=False)
     monkeypatch.setenv("SLIDELENS_COHORT", str(toml))
@@ -278,9 +278,9 @@ def test_without_the_review_database_the_labels_file_stands_in(tmp_path, monkeyp
 def test_gallery_leaves_out_glass_and_shows_rank_and_share(tmp_path, monkeypatch):
     from _viewer_data import PATCH, grid_coords, write_attention
 
-    from core.slides import open_slide
-    from core.tiling import tissue_mask
-    from core.viewer_data import patch_tissue_fractions
+    from core.review.viewer_data import patch_tissue_fractions
+    from core.slides.slide import open_slide
+    from core.slides.tiling import tissue_mask
 
     toml = build_cohort(tmp_path, with_svs=False)
     coords = grid_coords(1000, 700)

@@ -12,9 +12,9 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.analysis import classes_of
-from core.analysis_io import model_classes, read_predictions
-from core.labels import read_labels
+from core.analysis.files import model_classes, read_predictions
+from core.analysis.metrics import classes_of
+from core.cohort.labels import read_labels
 from ui.safe import md
 
 RIGHT, WRONG = "#2e7d32", "#c62828"
@@ -52,7 +52,7 @@ def classes_for(preds: pd.DataFrame, model_dir: Path) -> list[str]:
 @st.cache_data(show_spinner=False, max_entries=512)
 def _thumb(path: str, mtime: float, size: int, cache_dir: str | None) -> bytes | None:
     from core.errors import SlideLensError
-    from core.slide_thumbnails import quick_thumbnail
+    from core.slides.thumbnails import quick_thumbnail
 
     try:  # the slide's ready-made thumbnail file (UBC-OCEAN), else the slide; None: an image not converted yet
         img = quick_thumbnail(path, size, cache_dir)
@@ -214,7 +214,7 @@ def render_figure(fig: go.Figure, fmt: str) -> bytes:
 
 def annotations_tab(cohort: object, store: object, version: str) -> None:
     """Slides where the model looks elsewhere first: its attention against the reviewers' tumour annotations."""
-    from core.annotation_metrics import cohort_inside_for_version
+    from core.review.annotation_metrics import cohort_inside_for_version
 
     table = cohort_inside_for_version(cohort, store, version)
     if table.empty:

@@ -10,10 +10,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from core.annotation_metrics import slide_figures
-from core.annotation_ops import apply_op
-from core.annotations import feature_collection, loads_geojson, parse_features
 from core.errors import SlideLensError
+from core.review.annotation_metrics import slide_figures
+from core.review.annotation_ops import apply_op
+from core.review.annotations import feature_collection, loads_geojson, parse_features
 from ui.safe import md
 
 _DONE = "_ann_ops_done"  # op ids already applied (the browser resends its queue until they are acknowledged)

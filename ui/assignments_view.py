@@ -6,10 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core.agreement import agreement_table
-from core.auth import ROLES
+from core.analysis.agreement import agreement_table
 from core.errors import SlideLensError
-from core.store import OTHER, Store
+from core.review.auth import ROLES
+from core.review.store import OTHER, Store
 from ui.auth import signed_in_identity
 from ui.safe import md
 

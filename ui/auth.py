@@ -2,7 +2,7 @@
 
 Local mode (no ``[auth]``): nothing here shows anything; a reviewer types their name. Sign-in mode: every page
 waits behind the sign-in screen, the review store is bound to the signed-in user (roles from the database), and
-the tile routes refuse requests without a session (``core.tile_guard``).
+the tile routes refuse requests without a session (``core.review.tile_guard``).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from urllib.parse import urlparse
 
 import streamlit as st
 
-from core.auth import Identity, auth_configured, identity_from_claims
 from core.errors import SlideLensError
+from core.review.auth import Identity, auth_configured, identity_from_claims
 from ui.safe import md
 
 _SECRET_TTL_S = 5.0

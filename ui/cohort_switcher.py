@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.cohort import checked_cohort_file, default_cohort_path, demo_dir
+from core.cohort.cohort_file import checked_cohort_file, default_cohort_path, demo_dir
 from core.errors import SlideLensError
 from ui.context import COHORT_KEY, cohort_path
 from ui.safe import md

@@ -1,4 +1,4 @@
-"""The app's shared, cached resource: the current cohort (slide handles are shared through core.tiles)."""
+"""The app's shared, cached resource: the current cohort (slide handles are shared through core.viewer.tiles)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.cohort import Cohort, default_cohort_path, load_cohort
+from core.cohort.cohort_file import Cohort, default_cohort_path, load_cohort
 
 COHORT_KEY = "cohort_path"
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import streamlit as st
 
-from core.cohort import Cohort
+from core.cohort.cohort_file import Cohort
 from core.errors import SlideLensError
-from core.store import Store
-from core.store_decks import Deck
+from core.review.store import Store
+from core.review.store_decks import Deck
 from ui.present_view import start_presenting
 from ui.safe import md
 
@@ -92,7 +92,7 @@ def _case_row(store: Store, deck: Deck, i: int, who: str) -> Deck | None:
 
 
 def _handout(cohort: Cohort, store: Store, deck: Deck) -> None:
-    from core.handout import export_deck
+    from core.review.handout import export_deck
 
     stamp = (deck.id, deck.version, int(store.snapshot()[1]))
     if st.button("Prepare handout (HTML and PDF)", key=f"handout_{deck.id}"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.firstrun import (
+from core.demo.firstrun import (
     BACKGROUND_STAGES,
     LABELS,
     QUICK_STAGES,

@@ -1,5 +1,5 @@
 """Presentation mode: one case per screen in plain words, a full-width viewer with the model's top regions outlined
-and toured automatically, arrow keys between cases, no sidebar. The words come from ``core.decks``."""
+and toured automatically, arrow keys between cases, no sidebar. The words come from ``core.review.decks``."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from core.cohort import Cohort
-from core.decks import GLOSSARY, TOUR_REGIONS, CaseView, deck_cases, region_line
+from core.cohort.cohort_file import Cohort
 from core.errors import SlideLensError
-from core.slides import DZ_OVERLAP, DZ_TILE_SIZE
-from core.store import Store
-from core.store_decks import Deck
+from core.review.decks import GLOSSARY, TOUR_REGIONS, CaseView, deck_cases, region_line
+from core.review.store import Store
+from core.review.store_decks import Deck
+from core.slides.slide import DZ_OVERLAP, DZ_TILE_SIZE
 
 _FRONTEND = Path(__file__).parent / "frontend" / "present"
 DECK_PARAM, CASE_PARAM = "deck", "case"

@@ -18,12 +18,12 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.auth import cohort_admins
-from core.cohort import Cohort
+from core.cohort.cohort_file import Cohort
 from core.errors import SlideLensError
-from core.review import ensure_synced
-from core.slide_table import FINAL, OOF
-from core.store import OTHER, ConflictError, SlideState, Store, SyncReport, open_store
+from core.review.auth import cohort_admins
+from core.review.queue import ensure_synced
+from core.review.slide_table import FINAL, OOF
+from core.review.store import OTHER, ConflictError, SlideState, Store, SyncReport, open_store
 from ui.auth import signed_in_identity
 from ui.safe import md
 
@@ -393,7 +393,7 @@ def relabel_panel(cohort: Cohort, image_id: str, *, model_version: str | None = 
     """Review one slide: label, prediction, reasons, actions (save / accept label, outlier, exclude, second opinion,
     note, skip; one reason box for all), Undo of the last saved edit, and the slide's audit history.
 
-    ``prediction``: the slide's row of ``core.slide_table`` (pred, pred_source, prob_*, final_pred). ``on_done``
+    ``prediction``: the slide's row of ``core.review.slide_table`` (pred, pred_source, prob_*, final_pred). ``on_done``
     runs after each saved edit and on Skip (e.g. go to the next slide); ``on_undo(image_id)`` after an undo;
     ``shortcuts`` adds Alt+A/O/X/S/N/Z; ``ask_name`` shows the reviewer-name box (the review page shows its own);
     ``wide`` puts the slide summary and the actions side by side."""

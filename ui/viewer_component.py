@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import overlay
-from core import viewer_data as vd
-from core.cohort import Cohort
+from core.cohort.cohort_file import Cohort
 from core.errors import SlideLensError
-from core.slides import DZ_OVERLAP, DZ_TILE_SIZE, Slide
-from core.tiles import OverlayStyle, open_cohort_slide
+from core.review import viewer_data as vd
+from core.slides.slide import DZ_OVERLAP, DZ_TILE_SIZE, Slide
+from core.viewer import overlay
+from core.viewer.tiles import OverlayStyle, open_cohort_slide
 
 _FRONTEND = Path(__file__).parent / "frontend" / "viewer"
 
@@ -90,7 +90,7 @@ def annotation_data(anns: list[Any], classes: list[str], can_edit: bool, why_not
                     message: dict[str, Any] | None, can_undo: bool) -> dict[str, Any]:
     """The viewer's annotation layer: the slide's annotations (GeoJSON, level-0), the cohort's classes and their
     fixed colours, whether this session may draw (and why not), the op ids already applied and the last result."""
-    from core.annotations import colour_hex
+    from core.review.annotations import colour_hex
 
     names = list(dict.fromkeys([*classes, *(a.cls for a in anns)]))
     return {"items": [{"id": a.id, "version": a.version, "cls": a.cls, "note": a.note, "author": a.author,
@@ -117,7 +117,7 @@ def _table(source: str, version: str | None, stamp: tuple[float, ...], position:
 
 
 def viewer_table(cohort: Cohort, version: str | None) -> tuple[pd.DataFrame, str | None]:
-    """The slide table (see core.slide_table) and, when the review database cannot be read, one line saying so.
+    """The slide table (see core.review.slide_table) and, when the review database cannot be read, one line saying so.
 
     Cached until a labels, predictions or model file changes or the review database gets a new edit, so a
     relabel shows at once.
@@ -153,7 +153,7 @@ def slide_thumbnails(cohort: Cohort, ids: list[str], size: int = 64) -> list[str
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def _tissue_mask(cohort_name: str, image_id: str, path: str, mtime: float, _cohort: Cohort) -> Any:
-    from core.tiling import tissue_mask
+    from core.slides.tiling import tissue_mask
 
     return tissue_mask(open_cohort_slide(_cohort, image_id))
 

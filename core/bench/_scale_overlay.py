@@ -23,8 +23,8 @@ PATCH = 256
 
 
 def _layer(n: int, seed: int = 0) -> Any:
-    from core import overlay
-    from core.attention_layers import AttentionLayer
+    from core.viewer import overlay
+    from core.viewer.attention_layers import AttentionLayer
 
     side = math.ceil(math.sqrt(n / 0.68))  # tissue (a disc) covers about 69% of the grid
     gy, gx = np.mgrid[0:side, 0:side]
@@ -38,8 +38,8 @@ def _layer(n: int, seed: int = 0) -> Any:
 
 
 def _tile_times(layer: Any, style: Any, tiles: int, rng: np.random.Generator) -> list[float]:
-    from core import overlay
-    from core.attention_layers import overlay_tile_png
+    from core.viewer import overlay
+    from core.viewer.attention_layers import overlay_tile_png
 
     dims = layer.raster.dimensions
     sizes = overlay.dz_level_dimensions(dims)
@@ -58,7 +58,7 @@ def _tile_times(layer: Any, style: Any, tiles: int, rng: np.random.Generator) ->
 
 
 def _lookup_times(layer: Any, points: int, rng: np.random.Generator) -> list[float]:
-    from core.attention_layers import attention_at
+    from core.viewer.attention_layers import attention_at
 
     w, h = layer.raster.dimensions
     xs, ys = rng.uniform(0, w, points), rng.uniform(0, h, points)
@@ -72,7 +72,7 @@ def _lookup_times(layer: Any, points: int, rng: np.random.Generator) -> list[flo
 
 def bench_overlay(n: int = 100_000, small: int = 1_000, tiles: int = 300, points: int = 2_000) -> dict[str, Any]:
     """Overlay tile and lookup percentiles at ``n`` and ``small`` patches."""
-    from core.attention_layers import OverlayStyle
+    from core.viewer.attention_layers import OverlayStyle
 
     rng = np.random.default_rng(1)
     out: dict[str, Any] = {"target_tile_p95_ms": TARGET_P95_MS}

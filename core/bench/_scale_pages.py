@@ -69,8 +69,8 @@ def make_page_cohort(root: Path, n: int = 1000, seed: int = 0) -> Path:
 
 def _seed_edits(toml: Path, count: int = 50) -> None:
     """A reviewer's day: ``count`` relabels and flags, so the queue and the history have rows."""
-    from core.cohort import load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import load_cohort
+    from core.review.queue import open_cohort_store
 
     cohort = load_cohort(toml)
     store = open_cohort_store(cohort)

@@ -25,7 +25,7 @@ def make_features(folder: Path, n_slides: int, patches: int, dim: int, seed: int
                   progress: Any = None) -> Path:
     """Write ``n_slides`` float16 features files (a weak class signal in a few patches) and ``labels.csv``; files
     already there are kept, so a second run reuses them. Memory: one slide at a time."""
-    from core.feature_files import FeatureBag, write_features
+    from core.model.feature_files import FeatureBag, write_features
 
     feats = folder / "features"
     feats.mkdir(parents=True, exist_ok=True)
@@ -51,8 +51,8 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     """Runs in its own process: train (``mode`` full) or time epochs (``mode`` epochs); reports peak RSS."""
     import torch
 
-    from core.train import DEFAULTS, TrainSettings, fit, train_model
-    from core.train_data import bag_cache, load_bags, set_bag_cache
+    from core.model.train import DEFAULTS, TrainSettings, fit, train_model
+    from core.model.train_data import bag_cache, load_bags, set_bag_cache
 
     torch.set_num_threads(args.get("threads") or torch.get_num_threads())
     folder = Path(args["folder"])

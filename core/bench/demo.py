@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from core.bench._util import write_json
-from core.demo import build_demo, plan_cohort
+from core.demo.plan import build_demo, plan_cohort
 
 TARGET_S = 120.0
 

@@ -50,7 +50,7 @@ def score(preds: pd.DataFrame, truth: pd.DataFrame, classes: list[str]) -> dict[
 
 
 def _demo(work: Path, seed: int, tiny: bool) -> Path:
-    from core.demo import build_demo
+    from core.demo.plan import build_demo
 
     out = work / f"demo_seed{seed}"
     if (out / "cohort.toml").is_file() and (out / "truth" / "truth.csv").is_file():
@@ -59,7 +59,7 @@ def _demo(work: Path, seed: int, tiny: bool) -> Path:
 
 
 def _extract(cohort: Any, backbone: Any, tta: str, workers: int) -> tuple[Path, float]:
-    from core.features import extract_cohort
+    from core.model.features import extract_cohort
 
     out = Path(cohort.features) if tta == "none" else Path(cohort.root) / f"features_tta-{tta}"
     t = time.perf_counter()
@@ -75,11 +75,11 @@ def _extract(cohort: Any, backbone: Any, tta: str, workers: int) -> tuple[Path, 
 def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str = "flips", tiny: bool = False,
                    folds: int = 5, device: str = "auto", workers: int = 2, epochs: int | None = None) -> dict[str, Any]:
     """Build, extract, train, ensemble and score; returns the figures."""
-    from core.backbones import create_backbone
-    from core.cohort import load_cohort
-    from core.ensemble import Member, build_ensemble, fold_members
-    from core.infer import infer_features, load_model
-    from core.train import train_model
+    from core.cohort.cohort_file import load_cohort
+    from core.model.backbones import create_backbone
+    from core.model.ensemble import Member, build_ensemble, fold_members
+    from core.model.infer import infer_features, load_model
+    from core.model.train import train_model
 
     work.mkdir(parents=True, exist_ok=True)
     backbone = create_backbone(device=device)

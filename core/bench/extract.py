@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _model_pass(backbone: Any, batches: list[torch.Tensor]) -> float:
-    from core.backbones import embed
+    from core.model.backbones import embed
 
     t = time.perf_counter()
     for b in batches:
@@ -58,8 +58,8 @@ def _model_pass(backbone: Any, batches: list[torch.Tensor]) -> float:
 
 
 def _loop_pass(backbone: Any, dataset: Any, batch_size: int, workers: int, prefetch: int) -> float:
-    from core.backbones import embed
-    from core.features import patch_loader
+    from core.model.backbones import embed
+    from core.model.features import patch_loader
 
     t = time.perf_counter()  # includes starting the workers, as every slide does
     loader = patch_loader(dataset, batch_size, workers, pin_memory=backbone.device.startswith("cuda"),
@@ -77,11 +77,11 @@ def run_bench(slide_path: Path, backbone_name: str = "efficientnet_lite0", weigh
               patch: int = 256, mpp: float = 0.5, patches: int = 256, batch_size: int = 32, workers: int = 2,
               prefetch: int = 4, repeat: int = 3, device: str = "auto") -> dict[str, Any]:
     """Measure model-only and end-to-end patches/s (medians over ``repeat`` alternating passes) and their ratio."""
-    from core.backbones import autocast_dtype, create_backbone
-    from core.feature_files import read_features
-    from core.features import PatchDataset, extract_slide
-    from core.slides import open_slide
-    from core.tiling import patch_grid
+    from core.model.backbones import autocast_dtype, create_backbone
+    from core.model.feature_files import read_features
+    from core.model.features import PatchDataset, extract_slide
+    from core.slides.slide import open_slide
+    from core.slides.tiling import patch_grid
 
     backbone = create_backbone(backbone_name, weights, device)
     slide = open_slide(slide_path)
@@ -147,9 +147,9 @@ def run_ray_bench(slide_path: Path, address: str = "auto", copies: int = 3, back
     """The same cohort (``copies`` links to one slide) extracted locally, then through the Ray cluster at
     ``address`` (after a one-slide warm-up run that starts the workers); their patches/s and ratio (target >= 0.85).
     Both timings include making the backbone (locally; in the cluster's actors) and writing the files."""
-    from core.backbones import create_backbone
-    from core.features import extract_cohort
-    from core.ray_runner import connect, extract_on_ray, shutdown
+    from core.model.backbones import create_backbone
+    from core.model.features import extract_cohort
+    from core.model.ray_runner import connect, extract_on_ray, shutdown
 
     kw = {"patch_size": patch, "target_mpp": mpp, "min_tissue": 0.0, "batch_size": batch_size}
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,7 +50,7 @@ def features_speed(repeat: int = 5, batch_size: int = 64) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from core.backbones import create_backbone, embed
+    from core.model.backbones import create_backbone, embed
 
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, (batch_size, 256, 256, 3), dtype=np.uint8))
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from playwright.sync_api import sync_playwright
 
     from core.bench.viewer import CHROMIUM_ARGS
-    from core.firstrun import demo_pending, is_running, read_status
+    from core.demo.firstrun import demo_pending, is_running, read_status
 
     if args.features:
         write_json({"bench": "firstrun --features", **features_speed(args.repeat, args.batch_size)}, args.out)
@@ -186,10 +186,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _final_version(demo: Path) -> str | None:
-    from core.models import default_version
+    from core.model.versions import default_version
 
     try:
-        from core.cohort import load_cohort
+        from core.cohort.cohort_file import load_cohort
 
         cohort = load_cohort(demo / "cohort.toml")
     except Exception:  # noqa: BLE001
@@ -198,6 +198,6 @@ def _final_version(demo: Path) -> str | None:
 
 
 def _runtime() -> str:
-    from core.onnx_backbone import onnx_available
+    from core.model.onnx_backbone import onnx_available
 
     return "onnxruntime" if onnx_available() and os.environ.get("SLIDELENS_RUNTIME") != "torch" else "torch"

@@ -52,7 +52,7 @@ def measure(name: str, n: int, dim: int, n_classes: int, device: str, repeat: in
     """One (model, bag size) measurement in this process."""
     import torch
 
-    from core.mil import create_model
+    from core.model.mil import create_model
 
     torch.manual_seed(0)
     model = create_model(name, dim, n_classes).to(device).eval()

@@ -69,10 +69,10 @@ def _attention_column(att: np.ndarray, classes: list[str], label: str) -> np.nda
 
 def _label_issue_hook(oof: pd.DataFrame, labels: pd.DataFrame, classes: list[str], truth: pd.DataFrame
                       ) -> dict[str, Any] | None:
-    """Call core.analysis.rank_label_issues (if present) on the OOF predictions; recall of planted noise."""
+    """Call core.analysis.label_issues.rank_label_issues (if present) on the OOF predictions; recall of planted noise."""
     try:
-        from core.analysis import join_predictions
-        from core.analysis_issues import rank_label_issues
+        from core.analysis.label_issues import rank_label_issues
+        from core.analysis.metrics import join_predictions
     except ImportError:
         return None
     issues = rank_label_issues(join_predictions(oof, labels, classes), classes)
@@ -87,8 +87,8 @@ def _label_issue_hook(oof: pd.DataFrame, labels: pd.DataFrame, classes: list[str
 
 def evaluate(cohort: Any, model_dir: Path, truth: pd.DataFrame, masks_dir: Path) -> dict[str, Any]:
     """Score one trained model (its OOF files and its results in the cohort) against the truth."""
-    from core.infer import ATTENTION_DIR, ensure_results, read_attention
-    from core.models import read_model_meta
+    from core.model.infer import ATTENTION_DIR, ensure_results, read_attention
+    from core.model.versions import read_model_meta
 
     meta = read_model_meta(model_dir)
     classes = list(meta["classes"])
@@ -161,8 +161,8 @@ def bench_quality(cohort_path: Path, models: list[str], folds: int = 5, extract:
     ``overrides`` maps a model name to extra ``train_model`` keyword arguments (e.g. ``{"transmil": {"lr": 1e-4}}``).
     """
     from core.cli import main as cli_main
-    from core.cohort import load_cohort
-    from core.train import train_model
+    from core.cohort.cohort_file import load_cohort
+    from core.model.train import train_model
 
     cohort = bench_cohort(load_cohort(cohort_path), work)
     truth_dir = cohort.root / "truth"

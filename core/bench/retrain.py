@@ -23,7 +23,7 @@ import pandas as pd
 from sklearn.metrics import balanced_accuracy_score
 
 from core.bench._util import write_json
-from core.cohort import Cohort, load_cohort
+from core.cohort.cohort_file import Cohort, load_cohort
 from core.errors import InputError
 
 Progress = Callable[[float, str], None]
@@ -124,7 +124,7 @@ def apply_truth(store: Any, truth: pd.DataFrame, model_version: str | None = Non
 
 
 def queue_recall(queue: pd.DataFrame, truth: pd.DataFrame) -> dict[str, Any]:
-    """How much of the planted noise and outliers the review queue (``core.review.build_queue``) surfaced."""
+    """How much of the planted noise and outliers the review queue (``core.review.queue.build_queue``) surfaced."""
     q = queue.set_index("image_id")
     noisy = [i for i in truth.loc[(truth["is_noisy"] == 1) & (truth["is_outlier"] == 0), "image_id"] if i in q.index]
     outl = [i for i in truth.loc[truth["is_outlier"] == 1, "image_id"] if i in q.index]
@@ -165,9 +165,9 @@ def retrain_check(cohort_path: str | Path, work: str | Path, model: str = "abmil
                   epochs: int | None = None, device: str = "auto", progress: Progress | None = None
                   ) -> dict[str, Any]:
     """One seed: baseline, review with the truth, export, retrain; BA before/after against the true labels."""
-    from core.analysis_io import read_predictions
-    from core.export import export_labels
-    from core.review import build_queue, open_cohort_store, retrain
+    from core.analysis.files import read_predictions
+    from core.review.export import export_labels
+    from core.review.queue import build_queue, open_cohort_store, retrain
 
     cohort = load_cohort(cohort_path)
     truth = read_truth(cohort.root)

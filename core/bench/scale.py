@@ -5,7 +5,7 @@ writes its own section of the JSON. ``train``, ``pages`` and ``overlay`` live in
 ``_scale_pages.py`` and ``_scale_overlay.py`` (see their docstrings); this module holds these two:
 
 - ``convert``: a PNG of ``--convert-size`` (default 50,000 x 40,000 = 2 gigapixels) generated streaming by libvips,
-  converted by ``core.pyramid.convert_image`` in a subprocess (peak RSS, wall time) against libvips'
+  converted by ``core.slides.pyramid.convert_image`` in a subprocess (peak RSS, wall time) against libvips'
   own command line (``vips tiffsave ... --tile --pyramid --compression jpeg --Q 90``, when a ``vips`` binary is on
   the PATH: Debian's ``libvips-tools``) and the same operation through pyvips in a subprocess (the wheel's
   libvips), on the same file in the same run. Then the old whole-decode converter's peak on a ``--old-size``
@@ -52,9 +52,9 @@ lut = (240 - lut * 0.35).bandjoin([200 - lut * 0.6, 230 - lut * 0.25]).cast("uch
 img = (low + tex).cast("uchar").maplut(lut).copy(interpretation="srgb")
 img.pngsave(out, compression=1, filter="none")
 """
-_OURS = "import sys; from pathlib import Path; from core.pyramid import convert_image; " \
+_OURS = "import sys; from pathlib import Path; from core.slides.pyramid import convert_image; " \
         "convert_image(Path(sys.argv[1]), Path(sys.argv[2]))"
-_OLD = "import sys; from pathlib import Path; from core.pyramid import build_pyramid_whole_decode; " \
+_OLD = "import sys; from pathlib import Path; from core.slides.pyramid import build_pyramid_whole_decode; " \
        "build_pyramid_whole_decode(Path(sys.argv[1]), Path(sys.argv[2]))"
 _PYVIPS = "import sys, pyvips; pyvips.Image.new_from_file(sys.argv[1], access='sequential').tiffsave(sys.argv[2], " \
           "tile=True, pyramid=True, compression='jpeg', Q=90, tile_width=256, tile_height=256, bigtiff=True)"
@@ -142,7 +142,7 @@ def part_convert(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             out = work / f"{name}.tiff"
             run["tiff_bytes"] = out.stat().st_size
             if name == "ours" and rep == 0:
-                from core.slides import open_slide
+                from core.slides.slide import open_slide
 
                 slide = open_slide(out, validate=True)
                 res["levels"], res["dimensions_ok"] = slide.level_count, slide.dimensions == (w, h)
@@ -202,7 +202,7 @@ def _make_ubc_folder(root: Path, count: int) -> tuple[Path, Path, float]:
 
 
 def part_init(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from core.cohort_init import init_cohort
+    from core.cohort.cohort_init import init_cohort
 
     root = work / "ubc"
     t0 = time.perf_counter()
@@ -223,8 +223,8 @@ def part_init(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     sample = sorted(images.glob("*.png"))[:5]
     t0 = time.perf_counter()
     sample_mpx = 0.0
-    from core.image_headers import read_header
-    from core.pyramid import build_pyramid_whole_decode
+    from core.slides.image_headers import read_header
+    from core.slides.pyramid import build_pyramid_whole_decode
 
     for path in sample:
         build_pyramid_whole_decode(path, work / "old_init" / f"{path.stem}.tiff")

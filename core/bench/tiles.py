@@ -4,7 +4,7 @@ Starts ``streamlit run app.py`` (or uvicorn on the bare tile routes) on a free p
 a slide once (cold, as a browser would; the most detailed levels first) over one keep-alive connection, and times,
 in the same run, openslide's ``DeepZoomGenerator.get_tile`` plus JPEG encoding of the same tiles on a fresh handle.
 Then the same for up to 60 tiles one and two levels coarser, and overlay tiles in two styles. Targets: slide tile
-p50 within 1.3x of raw, overlay p95 < 30 ms. ``direct_read_levels`` lists the levels ``core.tiff_direct`` serves."""
+p50 within 1.3x of raw, overlay p95 < 30 ms. ``direct_read_levels`` lists the levels ``core.slides.tiff_direct`` serves."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from core.bench._util import REPO, free_port, percentiles, start_app, stop_app, wait_for_http, write_json
-from core.cohort import Cohort, default_cohort_path, load_cohort
+from core.cohort.cohort_file import Cohort, default_cohort_path, load_cohort
 from core.errors import InputError
 
 TARGET_RATIO = 1.3
@@ -67,8 +67,8 @@ def _synthetic_cohort(slide_path: Path) -> tuple[Path, str, str, tempfile.Tempor
     """A one-slide cohort whose attention is random over the slide's tissue patches (nothing to train first)."""
     import h5py
 
-    from core.slides import image_id_for, open_slide
-    from core.tiling import patch_grid
+    from core.slides.slide import image_id_for, open_slide
+    from core.slides.tiling import patch_grid
 
     tmp = tempfile.TemporaryDirectory(prefix="slidelens-bench-")
     root = Path(tmp.name)
@@ -99,7 +99,7 @@ def _start(server: str, toml: Path, port: int) -> subprocess.Popen:
 def _bare_app() -> Any:
     from starlette.applications import Starlette
 
-    from core.tiles import tile_routes
+    from core.viewer.tiles import tile_routes
 
     return Starlette(routes=tile_routes())
 
@@ -118,7 +118,7 @@ def _tile_list(dz: Any, limit: int) -> list[tuple[int, int, int]]:
 
 
 def _raw_tile(dz: Any, level: int, col: int, row: int) -> None:
-    from core.tiles import JPEG_QUALITY
+    from core.viewer.tiles import JPEG_QUALITY
 
     buf = io.BytesIO()
     dz.get_tile(level, (col, row)).convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY)
@@ -201,7 +201,7 @@ def _coarse_summary(tiles: list[tuple[int, int, int]], raw: list[float], http: l
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from core.slides import open_slide
+    from core.slides.slide import open_slide
 
     toml, image_id, version, tmp = _pick(args)
     cohort = load_cohort(toml)

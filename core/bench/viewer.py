@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from core.bench._util import free_port, percentiles, start_app, stop_app, wait_for_http, write_json
-from core.cohort import default_cohort_path, load_cohort
+from core.cohort.cohort_file import default_cohort_path, load_cohort
 from core.errors import InputError
 
 TARGET_FIRST_TILES_S = 1.0

@@ -2,6 +2,10 @@
 
 A module defines ``register(sub: argparse._SubParsersAction) -> None`` that adds parsers and sets
 ``func=<callable(args) -> int>`` as default; modules are discovered, so commands live next to their topic.
+
+May import: every stage, and ``core.bench`` (its peer: the command line mounts the benchmarks).
+Layers (slides < cohort < model, viewer < analysis < review < demo < cli, bench): docs/ARCHITECTURE.md;
+tests/test_layering.py enforces them.
 """
 
 from __future__ import annotations

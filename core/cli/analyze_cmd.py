@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _joined(args: argparse.Namespace) -> tuple[pd.DataFrame, list[str], str]:
     """(predictions joined with labels, classes, where they came from). With ``--cohort`` the labels are the
     reviewed labels of the cohort's database, as on every page; with ``--labels`` that file as it is."""
-    from core.analysis_io import load_joined, resolve_predictions_arg
-    from core.labels import read_labels
+    from core.analysis.files import load_joined, resolve_predictions_arg
+    from core.cohort.labels import read_labels
 
     if args.cohort is None:
         if args.predictions is None or args.labels is None:
@@ -40,11 +40,11 @@ def _joined(args: argparse.Namespace) -> tuple[pd.DataFrame, list[str], str]:
             print(note, file=sys.stderr)
         df, classes = load_joined(pred, read_labels(args.labels).df)
         return df, classes, f"{pred} against {args.labels}"
-    from core.analysis_io import model_classes, predictions_path
-    from core.cohort import load_cohort
-    from core.models import versions_with_predictions
-    from core.review import open_cohort_store
-    from core.slide_table import version_analysis
+    from core.analysis.files import model_classes, predictions_path
+    from core.cohort.cohort_file import load_cohort
+    from core.model.versions import versions_with_predictions
+    from core.review.queue import open_cohort_store
+    from core.review.slide_table import version_analysis
 
     cohort = load_cohort(args.cohort)
     if cohort.labels is None and args.labels is None:
@@ -74,7 +74,7 @@ def _joined(args: argparse.Namespace) -> tuple[pd.DataFrame, list[str], str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.analysis_io import write_report
+    from core.analysis.files import write_report
 
     df, classes, what = _joined(args)
     if not df["scored"].any():
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             bar.update(round(frac * 100) - bar.n)
 
         written = write_report(df, classes, args.out, progress=progress)
-    from core.analysis import compute_metrics
+    from core.analysis.metrics import compute_metrics
 
     m = compute_metrics(df, classes)
     print(f"balanced accuracy {m['balanced_accuracy']:.3f} on {m['n']} slides ({m['n_excluded']} excluded)")

@@ -46,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[Any, Any]:
-    from core.cohort import default_cohort_path, load_cohort
-    from core.review import open_cohort_store
+    from core.cohort.cohort_file import default_cohort_path, load_cohort
+    from core.review.queue import open_cohort_store
 
     cohort = load_cohort(args.cohort or default_cohort_path())
     return cohort, open_cohort_store(cohort)
@@ -55,7 +55,7 @@ def _open(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def slide_dims(cohort: Any, image_id: str) -> tuple[int, int] | None:
     """Level-0 (width, height) of a cohort's slide, or None when it cannot be opened (bounds then go unchecked)."""
-    from core.slides import open_slide
+    from core.slides.slide import open_slide
 
     path = cohort.slide_paths.get(image_id)
     if path is None:
@@ -74,7 +74,7 @@ def import_files(cohort: Any, store: Any, files: list[tuple[Path, str | None]], 
                  add_classes: bool = False, repair: bool = True) -> tuple[int, int, list[str]]:
     """Check every file, then store all their annotations in one transaction (nothing half).
     Returns (annotations imported, detections skipped, warnings)."""
-    from core.annotations import parse_features, read_geojson_file
+    from core.review.annotations import parse_features, read_geojson_file
 
     known = list(store.annotation_classes())
     items, skipped, warnings, new = [], 0, [], []
@@ -88,7 +88,7 @@ def import_files(cohort: Any, store: Any, files: list[tuple[Path, str | None]], 
             if f.image_id not in dims_cache:
                 dims_cache[f.image_id] = slide_dims(cohort, f.image_id)
             if dims_cache[f.image_id] is not None:
-                from core.annotations import check_geometry
+                from core.review.annotations import check_geometry
 
                 check_geometry(f.geometry, f"{path}: feature {n}", dims_cache[f.image_id], repair)
             items.append((f.image_id, f.geometry, f.cls, f.note))
@@ -125,7 +125,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.annotations import feature_collection
+    from core.review.annotations import feature_collection
 
     _cohort, store = _open(args)
     if args.slide is not None:
@@ -157,7 +157,7 @@ def read_patch_grid(cohort: Any, image_id: str) -> tuple[np.ndarray, int] | None
 
 
 def cmd_patches(args: argparse.Namespace) -> int:
-    from core.annotation_metrics import class_region, patches_inside
+    from core.review.annotation_metrics import class_region, patches_inside
 
     cohort, store = _open(args)
     known = {c.lower() for c in store.annotation_classes()}
@@ -193,8 +193,8 @@ def _import_masks(cohort: Any, store: Any, args: argparse.Namespace) -> int:
     """Outline each <image_id>.png mask of a folder and store the outlines as one class (all or nothing)."""
     from PIL import Image
 
-    from core.annotations import mask_polygons
-    from core.demo_draw import MASK_DS
+    from core.demo.draw import MASK_DS
+    from core.review.annotations import mask_polygons
 
     if not args.path.is_dir():
         raise InputError(f"{args.path}: not a folder of masks")

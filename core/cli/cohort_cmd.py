@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from core.cohort import default_cohort_path, load_cohort
-from core.cohort_init import init_cohort
+from core.cohort.cohort_file import default_cohort_path, load_cohort
+from core.cohort.cohort_init import init_cohort
 
 
 def register(sub: argparse._SubParsersAction) -> None:

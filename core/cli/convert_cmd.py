@@ -25,8 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_convert(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from core.cohort import default_cohort_path, load_cohort
-    from core.convert import convert_cohort
+    from core.cohort.cohort_file import default_cohort_path, load_cohort
+    from core.cohort.convert import convert_cohort
 
     cohort = load_cohort(args.cohort or default_cohort_path())
     ids = [i.strip() for i in args.only.split(",") if i.strip()] if args.only else None
@@ -43,8 +43,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     try:
         if args.ray is not None:
-            from core.ray_jobs import convert_on_ray
-            from core.ray_runner import connect, shutdown
+            from core.model.ray_jobs import convert_on_ray
+            from core.model.ray_runner import connect, shutdown
 
             print(connect(args.ray), file=sys.stderr)
             try:

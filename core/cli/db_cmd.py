@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from core.cohort import default_cohort_path, load_cohort
+from core.cohort.cohort_file import default_cohort_path, load_cohort
+from core.cohort.labels import read_labels
 from core.errors import InputError
-from core.labels import read_labels
-from core.review import open_cohort_store
+from core.review.queue import open_cohort_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.demo import DEFAULT_CLASSES, build_demo, plan_cohort
+from core.demo.plan import DEFAULT_CLASSES, build_demo, plan_cohort
 
 
 def register(sub: argparse._SubParsersAction) -> None:

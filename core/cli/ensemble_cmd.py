@@ -22,12 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.ensemble import build_ensemble, fold_members, parse_members
-    from core.models import read_model_meta
+    from core.model.ensemble import build_ensemble, fold_members, parse_members
+    from core.model.versions import read_model_meta
 
     models = args.models
     if args.cohort is not None:
-        from core.cohort import load_cohort
+        from core.cohort.cohort_file import load_cohort
 
         models = models or load_cohort(args.cohort).models
     if models is None:

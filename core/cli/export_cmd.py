@@ -8,10 +8,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.cohort import default_cohort_path, load_cohort
-from core.export import export_labels
-from core.review import open_cohort_store
-from core.store import open_store
+from core.cohort.cohort_file import default_cohort_path, load_cohort
+from core.review.export import export_labels
+from core.review.queue import open_cohort_store
+from core.review.store import open_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.config import load_settings
+from core.cohort.settings import load_settings
 from core.errors import InputError
 
 
@@ -41,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_extract(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from core.backbones import create_backbone
-    from core.features import extract_cohort
-    from core.slides import find_slides
+    from core.model.backbones import create_backbone
+    from core.model.features import extract_cohort
+    from core.slides.slide import find_slides
 
     s = load_settings()
     patch, mpp, min_tissue = s.patch_size, s.target_mpp, s.min_tissue
@@ -51,7 +51,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     if args.cohort is not None:
         if args.slides is not None:
             raise InputError("give either --cohort or --slides/--out, not both")
-        from core.cohort import load_cohort
+        from core.cohort.cohort_file import load_cohort
 
         cohort = load_cohort(args.cohort)
         slides, out = cohort.slide_paths, args.out or cohort.features
@@ -103,8 +103,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 def _extract_on_ray(args: argparse.Namespace, slides: dict[str, Path], out: Path, default_backbone: str,
                     **kw: Any) -> int:
-    """``extract --ray``: the same files through a Ray cluster (core/ray_runner.py), with a summary."""
-    from core.ray_runner import connect, extract_on_ray, shutdown
+    """``extract --ray``: the same files through a Ray cluster (core/model/ray_runner.py), with a summary."""
+    from core.model.ray_runner import connect, extract_on_ray, shutdown
 
     print(connect(args.ray), file=sys.stderr)
     print(f"{len(slides)} slides; {kw['patch']}px patches at {kw['mpp']} mpp -> {out}", file=sys.stderr)

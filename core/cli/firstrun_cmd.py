@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.firstrun import FirstRunStatus, run_first_run
+from core.demo.firstrun import FirstRunStatus, run_first_run
 
 
 def register(sub: argparse._SubParsersAction) -> None:

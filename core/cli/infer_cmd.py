@@ -29,12 +29,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from core.cli.train_cmd import _tqdm_progress
-    from core.config import resolve_device
-    from core.infer import infer_features, load_model
-    from core.models import resolve_model_arg, resolve_model_dir
+    from core.cohort.settings import resolve_device
+    from core.model.infer import infer_features, load_model
+    from core.model.versions import resolve_model_arg, resolve_model_dir
 
     if args.cohort is not None:
-        from core.cohort import load_cohort
+        from core.cohort.cohort_file import load_cohort
 
         cohort = load_cohort(args.cohort)
         model_dir, note = resolve_model_arg(args.model) if args.model else \
@@ -65,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _infer_on_ray(args: argparse.Namespace, loaded: object, features: Path, out: Path) -> int:
-    """``infer --ray``: core/ray_jobs.py, with a summary; non-zero exit if a slide failed."""
-    from core.ray_jobs import infer_on_ray
-    from core.ray_runner import shutdown
+    """``infer --ray``: core/model/ray_jobs.py, with a summary; non-zero exit if a slide failed."""
+    from core.model.ray_jobs import infer_on_ray
+    from core.model.ray_runner import shutdown
 
     try:
         report = infer_on_ray(loaded, features, out, address=args.ray, force=args.force, device=args.device,

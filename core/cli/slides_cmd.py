@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from core.config import load_settings
-from core.slides import open_slide
-from core.tiling import draw_grid, patch_grid, tissue_mask
+from core.cohort.settings import load_settings
+from core.slides.slide import open_slide
+from core.slides.tiling import draw_grid, patch_grid, tissue_mask
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -23,7 +23,7 @@ def _tqdm_progress(desc: str):  # noqa: ANN202 - returns (callback, bar)
 
 def _epoch_printer(bar, every: int):  # noqa: ANN001, ANN202 - tqdm bar -> history callback
     """Print a fold's per-class recall line every ``every`` epochs under the bar (header once per fold)."""
-    from core.history import FINAL_FOLD, format_epoch
+    from core.model.history import FINAL_FOLD, format_epoch
 
     seen: set[int] = set()
 
@@ -54,11 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from core.train import train_model
+    from core.model.train import train_model
 
     features, labels, out = args.features, args.labels, args.out
     if args.cohort is not None:
-        from core.cohort import load_cohort
+        from core.cohort.cohort_file import load_cohort
 
         cohort = load_cohort(args.cohort)
         features, labels, out = features or cohort.features, labels or cohort.labels, out or cohort.models
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
                            on_epoch=_epoch_printer(bar, args.every))
     finally:
         bar.close()
-    from core.models import read_model_meta
+    from core.model.versions import read_model_meta
 
     meta = read_model_meta(path)
     m = meta["metrics"]

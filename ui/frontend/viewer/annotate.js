@@ -224,13 +224,14 @@ function syncAnnotations(st, OSD) {
       an.byAnno.set(id, item);
       shapes.push({ id, bodies: [], target: { annotation: id, selector: sel } });
     }
+    const sid = an.selected && an.selected.id;
     an.anno.cancelSelected(); // a shape still in the editor would stay hidden once replaced
     an.anno.setAnnotations(shapes, true);
     for (const p of an.points) st.viewer.removeOverlay(p.el);
     an.points = [];
     for (const item of a.items) if (item.geometry.type === "Point") addPoint(st, OSD, item);
-    const sid = an.selected && an.selected.id;
-    an.selected = a.items.find((i) => i.id === sid) || null;
+    an.selected = a.items.find((i) => i.id === sid) || null; // the selection survives a refresh
+    if (an.selected && an.byAnno.has(`sl-${sid}`)) an.anno.setSelected(`sl-${sid}`);
     st.root.dataset.annoCount = String(a.items.length);
     st.root.dataset.annoKey = key;
   }
