@@ -4,7 +4,6 @@ QuPath GeoJSON in and out with bad input, the attention-inside figures on a hand
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,7 +12,8 @@ import h5py
 import numpy as np
 import pytest
 import shapely
-from sqlalchemy import create_engine, inspect, text
+from _db import BACKENDS, PG_URL, fresh_pg
+from sqlalchemy import inspect
 
 from core.cli import main
 from core.errors import InputError
@@ -22,10 +22,6 @@ from core.review.annotation_metrics import attention_inside, auroc, cohort_insid
 from core.review.store import ConflictError, Store, open_store
 from tests._review_data import make_review_cohort
 
-PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-TABLES = ("annotation_audit", "annotations", "predictions", "audit_log", "label_state", "slides", "model_versions",
-          "meta", "schema_version", "decks", "deck_cases", "deck_audit", "users", "assignments", "second_reads")
 SQUARE = {"type": "Polygon", "coordinates": [[[10, 10], [50, 10], [50, 40], [10, 40], [10, 10]]]}
 BOWTIE = {"type": "Polygon", "coordinates": [[[0, 0], [20, 20], [20, 0], [0, 20], [0, 0]]]}
 
@@ -33,11 +29,7 @@ BOWTIE = {"type": "Polygon", "coordinates": [[[0, 0], [20, 20], [20, 0], [0, 20]
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "postgresql":
-        eng = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-        with eng.begin() as conn:
-            for t in TABLES:
-                conn.execute(text(f"DROP TABLE IF EXISTS {t} CASCADE"))
-        eng.dispose()
+        fresh_pg(PG_URL)
         url = PG_URL
     else:
         url = f"sqlite:///{tmp_path / 'review.db'}"

@@ -3,11 +3,11 @@ reads, Cohen's kappa, and the tile routes' 401 for missing, forged and expired s
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
 import pytest
+from _db import BACKENDS, PG_URL, fresh_pg
 from sqlalchemy import create_engine, text
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -29,10 +29,6 @@ from core.review.auth import (
 from core.review.store import Store, open_store
 from core.review.tile_guard import guard_routes
 
-PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-TABLES = ("second_reads", "assignments", "users", "predictions", "audit_log", "label_state", "slides",
-          "model_versions", "meta", "schema_version")
 ISS = "http://127.0.0.1:9/"
 ADMIN_ID = Identity(ISS, "boss", "boss@lab.org", "Boss")
 ALICE = Identity(ISS, "alice", "alice@lab.org", "Alice")
@@ -43,11 +39,7 @@ EVE = Identity(ISS, "eve", "eve@lab.org", "Eve")  # never given a role: a viewer
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "postgresql":
-        eng = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-        with eng.begin() as conn:
-            for t in TABLES:
-                conn.execute(text(f"DROP TABLE IF EXISTS {t} CASCADE"))
-        eng.dispose()
+        fresh_pg(PG_URL)
         st = open_store(PG_URL)
     else:
         st = open_store(f"sqlite:///{tmp_path / 'review.db'}")

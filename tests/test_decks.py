@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from _db import BACKENDS, PG_URL, fresh_pg
+from sqlalchemy import inspect
 
 from core.errors import InputError
 from core.review.decks import class_names, reading_lines
 from core.review.store import ConflictError, Store, open_store
 
-PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-DECK_TABLES = ("deck_audit", "deck_cases", "decks", "predictions", "audit_log", "label_state", "slides",
-               "model_versions", "meta", "schema_version")
-
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "postgresql":
-        eng = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-        with eng.begin() as conn:
-            for t in DECK_TABLES:
-                conn.execute(text(f"DROP TABLE IF EXISTS {t} CASCADE"))
-        eng.dispose()
+        fresh_pg(PG_URL)
         url = PG_URL
     else:
         url = f"sqlite:///{tmp_path / 'review.db'}"

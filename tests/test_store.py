@@ -12,33 +12,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, inspect, text
+from _db import BACKENDS, fresh_pg, fresh_url
+from sqlalchemy import inspect, text
 
 from core.cohort.labels import read_labels
 from core.errors import InputError
 from core.review.store import ConflictError, Store, open_store
 from core.review.store_schema import SCHEMA_VERSION, metadata
 
-PG_URL = os.environ.get("SLIDELENS_TEST_PG_URL", "")
-BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-TABLES = ("second_reads", "assignments", "users", "predictions", "audit_log", "label_state", "slides", "model_versions",
-          "meta", "schema_version")
-
-
-def _fresh_pg(url: str) -> None:
-    eng = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    with eng.begin() as conn:
-        for t in TABLES:
-            conn.execute(text(f"DROP TABLE IF EXISTS {t} CASCADE"))
-    eng.dispose()
-
 
 @pytest.fixture(params=BACKENDS)
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgresql":
-        _fresh_pg(PG_URL)
-        return PG_URL
-    return f"sqlite:///{tmp_path / 'review.db'}"
+    return fresh_url(request.param, tmp_path)
 
 
 @pytest.fixture
@@ -247,7 +232,7 @@ def test_two_processes_importing_the_same_new_slides_both_succeed(url: str, monk
     ids = [f"slide{i:03d}" for i in range(300)]
     for _ in range(3):  # the race is a matter of timing: try it a few times
         if url.startswith("postgresql"):
-            _fresh_pg(url)
+            fresh_pg(url)
         else:
             Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
         open_store(url)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _db import BACKENDS, fresh_url
 from sqlalchemy import text
-from test_store import BACKENDS, PG_URL, _fresh_pg
 
 from core.review.store import open_store
 
@@ -21,12 +21,7 @@ QUERIES = {
 
 @pytest.fixture(params=BACKENDS)
 def big_store(request: pytest.FixtureRequest, tmp_path: Path):
-    if request.param == "postgresql":
-        _fresh_pg(PG_URL)
-        url = PG_URL
-    else:
-        url = f"sqlite:///{tmp_path / 'plans.db'}"
-    store = open_store(url)
+    store = open_store(fresh_url(request.param, tmp_path, "plans.db"))
     store.set_classes(["a", "b"])
     ids = [f"s{k:05d}" for k in range(2000)]
     store.sync_slides(ids)

@@ -8,6 +8,7 @@ re-reads bags from the files (the page cache keeps that cheap; float16 files hal
 
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 import threading
@@ -72,10 +73,24 @@ class BagCache:
 _CACHE: BagCache | None = None
 
 
+def _return_big_blocks_to_the_os() -> None:
+    """Make glibc serve every allocation of 1 MiB or more with its own mapping, returned to the OS when freed.
+
+    glibc raises its mmap threshold to the size of the largest block freed (up to 32 MiB), after which the bags'
+    16-32 MiB tensors come from the heap and fragment it: streamed training over 100 bags of 8,000 x 1,024 peaked
+    at 3.8 GiB RSS with a 256 MiB cache, 1.06 GiB with this (same seconds per epoch, measured in one run)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; setting it also turns the dynamic adjustment off
+    except (OSError, AttributeError):
+        pass  # not glibc (macOS, musl): nothing to do
+
+
 def bag_cache() -> BagCache:
     """The process-wide bag cache (its size from ``SLIDELENS_BAG_CACHE_MB``)."""
     global _CACHE
     if _CACHE is None:
+        _return_big_blocks_to_the_os()
         mb = float(os.environ.get("SLIDELENS_BAG_CACHE_MB") or DEFAULT_CACHE_MB)
         _CACHE = BagCache(int(mb * 2**20))
     return _CACHE
@@ -84,6 +99,7 @@ def bag_cache() -> BagCache:
 def set_bag_cache(max_bytes: int) -> BagCache:
     """Replace the process-wide cache with one of ``max_bytes`` (benchmarks and tests)."""
     global _CACHE
+    _return_big_blocks_to_the_os()
     _CACHE = BagCache(max_bytes)
     return _CACHE
 
