@@ -220,25 +220,35 @@ def test_rectangle_freehand_point_edit_conflict_delete_undo_and_layers(tmp_path:
         _wait_count(page, 3)
         page.locator(".slv-an-tools [data-tool='select']").click()
         page.wait_for_timeout(800)
-        save_screenshot(page, "viewer-annotation-tools")
+        save_screenshot(page, "viewer-annotation-tools", doc=True)
         assert _outline_pixels(page, 500, 100, 650, 250, (200, 0, 0)) > 100  # the rectangle, Tumour red
         # select the rectangle and change its class: an audited edit
         page.mouse.click(*at(575, 175))
         page.wait_for_function("() => document.querySelector('.slv-root').dataset.annoSelected === '1'",
                                timeout=30_000)
         assert page.locator(".slv-an-class").input_value() == "Tumour"
-        page.locator(".slv-an-class").select_option("Necrosis")
+        # drag its top-left vertex, click off it: the new shape is saved (an audited edit)
+        page.mouse.move(*at(500, 100))
+        page.mouse.down()
+        page.mouse.move(*at(480, 80), steps=8)
+        page.mouse.up()
+        page.mouse.click(*at(850, 450))
         _wait_key(page, "1:2")
-        # another reviewer changes it first: this browser's edit (based on version 2) is refused, theirs shown
+        page.mouse.click(*at(575, 175))
+        page.wait_for_function("() => document.querySelector('.slv-root').dataset.annoSelected === '1'",
+                               timeout=30_000)
+        page.locator(".slv-an-class").select_option("Necrosis")
+        _wait_key(page, "1:3")
+        # another reviewer changes it first: this browser's edit (based on version 3) is refused, theirs shown
         store = open_cohort_store(load_cohort(toml))
-        store.edit_annotation(1, {"cls": "Other"}, "bob", based_on_version=2)
+        store.edit_annotation(1, {"cls": "Other"}, "bob", based_on_version=3)
         page.locator(".slv-an-note").fill("mine")
         page.locator(".slv-an-note").press("Enter")
         page.wait_for_function("() => document.querySelector('.slv-an-msg').dataset.kind === 'error'",
                                timeout=60_000)
         assert "bob edited annotation #1 (Other)" in _msg(page)
         page.get_by_text("Annotation not saved: annotation #1 was changed").wait_for(timeout=30_000)
-        _wait_key(page, "1:3")  # the layer now shows bob's version, in his class's colour (Other: yellow)
+        _wait_key(page, "1:4")  # the layer now shows bob's version, in his class's colour (Other: yellow)
         page.wait_for_timeout(800)
         assert _outline_pixels(page, 500, 100, 650, 250, (255, 200, 0)) > 100
         assert _outline_pixels(page, 500, 100, 650, 250, (200, 0, 0)) < 20  # no longer Tumour red
@@ -264,8 +274,8 @@ def test_rectangle_freehand_point_edit_conflict_delete_undo_and_layers(tmp_path:
     assert rect is None  # deleted; the undo restored it under a new id
     restored = anns[4]
     assert restored.cls == "Other" and restored.author == "Dr Draw"
-    assert np.abs(np.asarray(restored.geometry["coordinates"][0]) - [[500, 100], [650, 100], [650, 250], [500, 250],
-                                                                   [500, 100]]).max() <= 1.0
+    assert np.abs(np.asarray(restored.geometry["coordinates"][0]) - [[480, 80], [650, 100], [650, 250], [500, 250],
+                                                                   [480, 80]]).max() <= 1.5  # the dragged vertex
     free = anns[2]
     assert (free.cls, free.note, free.geometry["type"]) == ("Stroma", "<b>edge</b>", "Polygon")
     assert len(free.geometry["coordinates"][0]) > 10
@@ -274,4 +284,4 @@ def test_rectangle_freehand_point_edit_conflict_delete_undo_and_layers(tmp_path:
                                                           - [450, 620]).max() <= 1.0
     hist = [(h.action, h.reviewer, h.annotation_id) for h in store.annotation_history("synth_a")]
     assert hist == [("create", "Dr Draw", 1), ("create", "Dr Draw", 2), ("create", "Dr Draw", 3),
-                    ("edit", "Dr Draw", 1), ("edit", "bob", 1), ("delete", "Dr Draw", 1), ("create", "Dr Draw", 4)]
+                    ("edit", "Dr Draw", 1), ("edit", "Dr Draw", 1), ("edit", "bob", 1), ("delete", "Dr Draw", 1), ("create", "Dr Draw", 4)]

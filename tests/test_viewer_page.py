@@ -227,7 +227,7 @@ def test_unknown_model_version_is_named_and_offered(app, bad):
     box.select("v001-abmil").run()
     assert _qp(app, "model") == "v001-abmil" and not app.error
     assert "Final model (attention shown)" in metrics(app)
-    assert any("Model v001\\-abmil, trained on all slides" in c.value for c in app.caption)
+    assert any("Model v001\\-abmil, trained on every labelled slide" in c.value for c in app.caption)
 
 
 # --- issue 12: one rule for labels on every page ----------------------------------------------------------

@@ -95,8 +95,8 @@ def annotations_panel(cohort: Any, image_id: str, layer: Any, dims: tuple[int, i
         if anns:
             st.dataframe(annotation_table(anns), hide_index=True, key="ann_table")
         else:
-            st.caption("No annotations on this slide yet: import QuPath GeoJSON below "
-                       "(or `python -m core annotations import`).")
+            st.caption("No annotations on this slide yet: draw with the viewer's annotation toolbar, or import "
+                       "QuPath GeoJSON below (or `python -m core annotations import`).")
         st.download_button("Export GeoJSON (QuPath)", json.dumps(feature_collection(anns), indent=1).encode(),
                            file_name=f"{image_id}.geojson", mime="application/geo+json", key="ann_export",
                            on_click="ignore", disabled=not anns)

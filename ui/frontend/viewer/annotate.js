@@ -252,9 +252,28 @@ function previewPath(st) {
   line.setAttribute("points", an.path ? an.path.screen.map((p) => `${p.x},${p.y}`).join(" ") : "");
 }
 
+// Annotorious converts through viewer.viewport, which is ambiguous (and logs an error on every call) with the overlay
+// as a second layer: the viewport's image conversions are pinned to the slide's own tiled image, level-0 pixels.
+const PINNED = ["viewportToImageCoordinates", "imageToViewportCoordinates", "viewportToImageRectangle",
+                "imageToViewportRectangle", "viewportToImageZoom", "imageToViewportZoom"];
+
+function pinViewportToSlide(viewer) {
+  const vp = viewer.viewport;
+  if (vp.__slvPinned) return;
+  vp.__slvPinned = true;
+  for (const name of PINNED) {
+    const own = vp[name].bind(vp);
+    vp[name] = (...args) => {
+      const item = viewer.world.getItemAt(0);
+      return item ? item[name](...args) : own(...args);
+    };
+  }
+}
+
 function createAnno(st, OSD, A) {
   const an = st.an;
   const viewer = st.viewer;
+  pinViewportToSlide(viewer);
   const anno = A.createOSDAnnotator(viewer, {
     drawingEnabled: false, drawingMode: "click",
     userSelectAction: (a) => {
