@@ -48,6 +48,15 @@ def _open(page, url: str, slide: str, name: str | None = "ann") -> None:  # noqa
         box.fill(name)
         box.press("Enter")
         expect(page.get_by_text("Enter your name above")).to_have_count(0, timeout=30_000)
+    _idle(page)
+
+
+def _idle(page) -> None:  # noqa: ANN001 - a playwright Page
+    """Wait until no script run is in flight (keys pressed during a rerun can be lost on a loaded machine)."""
+    from playwright.sync_api import expect
+
+    page.wait_for_timeout(500)  # the name's rerun (and the stored name's echo) may start just after the Enter
+    expect(page.locator("[data-testid='stStatusWidget']")).to_have_count(0, timeout=60_000)
 
 
 def _store(toml: Path):  # noqa: ANN202 - a core.review.store.Store
