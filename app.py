@@ -22,7 +22,6 @@ from ui.cohort_switcher import cohort_switcher
 from ui.context import cohort_path, current_cohort
 from ui.firstrun_view import background_banner, first_run_screen
 from ui.review_panel import current_role
-from ui.safe import md
 
 # Until some script calls st.navigation, Streamlit treats an app with a pages/ folder as a v1 multipage app, so
 # a first visit straight to a shared link (/viewer?slide=...) would run the page without this file. Say up front
@@ -50,7 +49,7 @@ def main() -> None:
         register_cohort(current_cohort())  # the tile routes serve this cohort's slides
         account_box(current_role(current_cohort()))  # sign-in mode: who is signed in, their role, sign out
     except SlideLensError as exc:
-        st.error(md(exc))  # file names in the message are shown as text
+        st.error(str(exc))
     pages = [
         st.Page("pages/home.py", title="Home", icon=":material/home:", url_path="home", default=True),
         st.Page("pages/viewer.py", title="Viewer", icon=":material/biotech:", url_path="viewer"),
