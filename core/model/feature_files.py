@@ -177,23 +177,22 @@ def read_feature_rows(path: str | Path, keep_half: bool = False) -> np.ndarray:
     """The ``features`` matrix of a file (N x D) as float32, or float16 as stored with ``keep_half`` (half the
     memory; converting a row to float32 is exact, so a subset converted later equals the converted whole)."""
     path = Path(path)
-    with _open_features(path) as f:
-        try:
-            raw = f["features"][()]
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
-    return _normalise_features(np.asarray(raw), path, keep_half)
+    return _normalise_features(_read_dataset(path, "features"), path, keep_half)
 
 
 def read_feature_coords(path: str | Path) -> np.ndarray:
     """The ``coords`` of a file as int64 (N x 2), without reading its features."""
     path = Path(path)
+    return _normalise_coords(_read_dataset(path, "coords"), path)
+
+
+def _read_dataset(path: Path, name: str) -> np.ndarray:
+    """One whole dataset (``features`` or ``coords``) of a checked features file; InputError naming the file."""
     with _open_features(path) as f:
         try:
-            raw = f["coords"][()]
+            return np.asarray(f[name][()])
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise InputError(f"{path}: not a readable HDF5 features file ({exc})") from exc
-    return _normalise_coords(np.asarray(raw), path)
 
 
 @contextlib.contextmanager
