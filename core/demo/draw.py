@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 from PIL import Image
+from scipy import ndimage
 
 from core.demo.textures import PATTERNS, jittered_stain, render_sheet, smooth_noise
 
@@ -40,6 +41,9 @@ class SlidePlan:
     tumour_fraction: float
     seed: tuple[int, ...]
     sheet_um: float = 512.0  # period of the texture sheets; smaller draws faster and repeats sooner
+    tumour_um: float | None = None  # blob size of the tumour field; None: 160 on TMAs, 320 on WSIs (large regions)
+    tumour_detail: float = 0.35  # weight of the 60 um detail added to the tumour field (lower: smoother outlines)
+    tumour_margin_um: float = 0.0  # keep tumour this far inside the tissue edge (compact islands, not edge slivers)
 
     @property
     def is_outlier(self) -> bool:
@@ -89,8 +93,11 @@ def layout_fields(plan: SlidePlan, rng: np.random.Generator) -> tuple[np.ndarray
     inside = tissue > TISSUE_THRESHOLD
     tumour = np.full((gh, gw), -1.0, np.float32)
     if not plan.is_outlier and inside.any():
-        scale = 160 if plan.kind == "tma" else 320
-        field = _noise(rng, gh, gw, scale / um) + 0.35 * _noise(rng, gh, gw, 60 / um)
+        scale = plan.tumour_um or (160 if plan.kind == "tma" else 320)
+        field = _noise(rng, gh, gw, scale / um) + plan.tumour_detail * _noise(rng, gh, gw, 60 / um)
+        if plan.tumour_margin_um > 0:  # lower the field near the tissue's edge (and holes), down to -3 on it
+            depth = ndimage.distance_transform_edt(inside) * um
+            field -= 3.0 * np.clip(1.0 - depth / plan.tumour_margin_um, 0.0, None)
         cut = np.quantile(field[inside], 1.0 - plan.tumour_fraction)
         tumour = (field - cut).astype(np.float32)
     return tissue.astype(np.float32), tumour

@@ -33,6 +33,14 @@ FULL = {"n_wsi": 40, "n_tma": 10, "n_outliers": 4, "wsi_side": (4000, 6500), "tm
 TINY = {"n_wsi": 6, "n_tma": 2, "n_outliers": 1, "wsi_side": (1500, 2000), "tma_side": (1000, 1200),
         "sheet_um": (256.0, 192.0)}
 WSI_MPP, TMA_MPP = 0.5, 0.25
+# the tumour regime: "large" regions (the default cohort) or "small" foci (a few compact islands, the hard case)
+FOCI = ("large", "small")
+TUMOUR_FRACTION = {"large": {"wsi": (0.12, 0.38), "tma": (0.6, 0.9)},  # of each slide's tissue
+                   "small": {"wsi": (0.02, 0.06), "tma": (0.10, 0.25)}}
+# small foci: blobs of ~200 um (120 on a TMA core) with smooth outlines, kept inside the tissue's edge, so the
+# tumour is one to a few compact islands rather than speckles or slivers along the edge (see core.demo.draw)
+SMALL_FOCI_SHAPE = {"wsi": {"tumour_um": 200.0, "tumour_detail": 0.1, "tumour_margin_um": 150.0},
+                    "tma": {"tumour_um": 120.0, "tumour_detail": 0.1, "tumour_margin_um": 60.0}}
 TRUTH_COLUMNS = ("image_id", "true_label", "given_label", "is_noisy", "is_outlier", "is_tma", "mask_downsample",
                  "tumour_fraction", "pattern", "mpp", "format")
 ProgressFn = Callable[[float, str], None]
@@ -62,10 +70,35 @@ def sample_slides_dir() -> Path | None:
     return None
 
 
+def tumour_ranges(foci: str = "large", tumour_fraction: Sequence[float] | None = None
+                  ) -> dict[str, tuple[float, float]]:
+    """The tumour fraction ranges ``{"wsi": (lo, hi), "tma": (lo, hi)}`` of a regime; ``tumour_fraction`` replaces
+    the WSI range. ``InputError`` (one line) for an unknown regime or a range outside 0 < lo <= hi < 1."""
+    if foci not in FOCI:
+        raise InputError(f"demo foci must be one of {', '.join(FOCI)}, got {foci!r}")
+    ranges = dict(TUMOUR_FRACTION[foci])
+    if tumour_fraction is not None:
+        try:
+            lo, hi = (float(v) for v in tumour_fraction)
+        except (TypeError, ValueError):
+            raise InputError(f"demo tumour fraction must be two numbers LO,HI, got {tumour_fraction!r}") from None
+        if not 0.0 < lo <= hi < 1.0:
+            raise InputError(f"demo tumour fraction LO,HI must satisfy 0 < LO <= HI < 1, got {lo:g},{hi:g}")
+        ranges["wsi"] = (lo, hi)
+    return ranges
+
+
 def plan_cohort(seed: int = 0, n_wsi: int | None = None, n_tma: int | None = None, n_outliers: int | None = None,
-                noise: float = 0.08, tiny: bool = False,
-                classes: Sequence[str] = DEFAULT_CLASSES) -> list[PlannedSlide]:
-    """Decide every slide (pattern, size, labels, label noise) from the seed alone; nothing is drawn."""
+                noise: float = 0.08, tiny: bool = False, classes: Sequence[str] = DEFAULT_CLASSES,
+                foci: str = "large", tumour_fraction: Sequence[float] | None = None) -> list[PlannedSlide]:
+    """Decide every slide (pattern, size, labels, label noise, tumour share) from the seed alone; nothing is drawn.
+
+    ``foci``: "large" tumour regions (12-38% of a WSI's tissue, 60-90% of a TMA core's) or "small" foci (2-6%, and
+    10-25%, drawn as a few compact islands); ``tumour_fraction=(lo, hi)`` replaces the WSI range. The random draws
+    are the same in every regime, so the default cohort of a seed never changes.
+    """
+    ranges = tumour_ranges(foci, tumour_fraction)
+    shape = SMALL_FOCI_SHAPE if foci == "small" else {"wsi": {}, "tma": {}}
     base = TINY if tiny else FULL
     n_wsi = base["n_wsi"] if n_wsi is None else n_wsi
     n_tma = base["n_tma"] if n_tma is None else n_tma
@@ -106,8 +139,8 @@ def plan_cohort(seed: int = 0, n_wsi: int | None = None, n_tma: int | None = Non
             image_id=f"tma_{k + 1:03d}" if is_tma else f"wsi_{i + 1:03d}", kind="tma" if is_tma else "wsi",
             pattern=okind or pattern_of[label], fmt="png" if is_tma and k % 2 == 0 else "tiff", width=w, height=h,
             mpp=TMA_MPP if is_tma else WSI_MPP,
-            tumour_fraction=float(rng.uniform(0.6, 0.9) if is_tma else rng.uniform(0.12, 0.38)), seed=(seed, 1, i),
-            sheet_um=base["sheet_um"][int(is_tma)])
+            tumour_fraction=float(rng.uniform(*ranges["tma" if is_tma else "wsi"])), seed=(seed, 1, i),
+            sheet_um=base["sheet_um"][int(is_tma)], **shape["tma" if is_tma else "wsi"])
         out.append(PlannedSlide(plan, label, given, i in noisy))
     return out
 
@@ -115,18 +148,21 @@ def plan_cohort(seed: int = 0, n_wsi: int | None = None, n_tma: int | None = Non
 def build_demo(out: str | Path, seed: int = 0, n_wsi: int | None = None, n_tma: int | None = None,
                n_outliers: int | None = None, noise: float = 0.08, tiny: bool = False, include_samples: bool = False,
                progress: ProgressFn | None = None, classes: Sequence[str] = DEFAULT_CLASSES,
-               workers: int | None = None, only: Collection[str] | None = None) -> Path:
+               workers: int | None = None, only: Collection[str] | None = None, foci: str = "large",
+               tumour_fraction: Sequence[float] | None = None) -> Path:
     """Build the demo cohort in ``out`` and return the path of its ``cohort.toml``.
 
     Counts default to 40 WSIs, 10 TMAs and 4 outlier WSIs (6/2/1 small slides with ``tiny``). An existing
     demo cohort in ``out`` is replaced; any other non-empty folder is refused. ``only``: draw just these planned
     slides (the first handful of a progressive first run; ``core.demo.progressive`` adds the rest later).
-    ``truth/plan.json`` records the whole plan either way.
+    ``foci`` / ``tumour_fraction``: the tumour regime (see :func:`plan_cohort`). ``truth/plan.json`` records the
+    whole plan either way.
     """
     out = Path(out).resolve()
     if out.exists() and not _replaceable(out):
         raise InputError(f"{out}: exists and is not a demo cohort; choose another --out or remove it")
-    everything = plan_cohort(seed, n_wsi, n_tma, n_outliers, noise, tiny, classes)
+    everything = plan_cohort(seed, n_wsi, n_tma, n_outliers, noise, tiny, classes, foci, tumour_fraction)
+    ranges = tumour_ranges(foci, tumour_fraction)
     planned = everything if only is None else [p for p in everything if p.plan.image_id in set(only)]
     if only is not None and len(planned) != len(set(only)):
         raise InputError(f"demo: {sorted(set(only) - {p.plan.image_id for p in planned})} are not in the plan")
@@ -144,7 +180,8 @@ def build_demo(out: str | Path, seed: int = 0, n_wsi: int | None = None, n_tma: 
             _copy_samples(slides_dir / "samples")
         _write_cohort_toml(tmp, everything)
         plan = {"seed": seed, "n_wsi": n_wsi, "n_tma": n_tma, "n_outliers": n_outliers, "noise": noise, "tiny": tiny,
-                "classes": list(classes), "ids": [p.plan.image_id for p in everything]}
+                "classes": list(classes), "foci": foci, "tumour_fraction": list(ranges["wsi"]),
+                "tma_tumour_fraction": list(ranges["tma"]), "ids": [p.plan.image_id for p in everything]}
         (tmp / PLAN_JSON).write_text(json.dumps(plan, indent=1) + "\n")
         _swap_into_place(tmp, out)
     finally:
