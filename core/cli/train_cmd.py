@@ -56,12 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.model.train import train_model
 
-    features, labels, out = args.features, args.labels, args.out
+    features, labels, out, results = args.features, args.labels, args.out, None
     if args.cohort is not None:
         from core.cohort.cohort_file import load_cohort
 
         cohort = load_cohort(args.cohort)
         features, labels, out = features or cohort.features, labels or cohort.labels, out or cohort.models
+        results = cohort.results
     if features is None or labels is None:
         raise InputError("train: give --features and --labels (or --cohort)")
     progress, bar = _tqdm_progress(f"train {args.model}")
@@ -80,4 +81,24 @@ def run(args: argparse.Namespace) -> int:
     if meta.get("skipped_no_features"):
         print(f"left out {len(meta['skipped_no_features'])} labelled slide(s) with no features file: "
               f"{', '.join(meta['skipped_no_features'][:10])}")
+    print_health(path, meta, results)
     return 0
+
+
+def print_health(path: Path, meta: dict, results: Path | None) -> None:
+    """One ``warning: <version>: ...`` line per health warning (core/model/health.py), then whether it is the default."""
+    from core.model.health import health_warnings
+    from core.model.versions import default_version
+
+    warnings = health_warnings(meta)
+    if not warnings:
+        return
+    version = str(meta.get("version") or path.name)
+    for w in warnings:
+        print(f"warning: {version}: {w}")
+    chosen = default_version(path.parent, results)
+    if chosen == version:
+        print(f"warning: {version}: it is the default only because no healthy version exists; check the labels "
+              "and features before trusting it")
+    else:
+        print(f"warning: {version}: not made the default (pages keep opening {chosen}); it is kept for comparison")

@@ -1,5 +1,5 @@
-"""Model: timm backbones, patch features, the MIL heads (``mil/``, one file per head), training, inference, model
-versions and outlier scores.
+"""Model: timm backbones, patch features, the MIL heads (``mil/``, one file per head), training, a model's health,
+inference, model versions and outlier scores.
 
 May import: ``core.slides``, ``core.cohort`` (and ``core.errors``); not ``core.viewer``, its peer.
 Layers (slides < cohort < model, viewer < analysis < review < demo < cli, bench): docs/ARCHITECTURE.md;

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import InputError
-from core.model import outliers
+from core.model import health, outliers
 from core.model import versions as mfolders
 
 if TYPE_CHECKING:
@@ -224,10 +224,19 @@ def build_ensemble(models_dir: str | Path, members: list[Member], method: str = 
             "features_dir": ref.get("features_dir"), "metrics": metrics,
             "ood": outliers.ood_meta(ood, "ensemble", float((ref.get("ood") or {}).get("target_fpr")
                                                              or outliers.DEFAULT_FPR)),
-            "skipped_no_features": []}
+            "health": _health(labels, ids, mean, pred, classes), "skipped_no_features": []}
     meta["ood"]["rule"] = "mean over members of score / member threshold"
     (staging / mfolders.MODEL_JSON).write_text(json.dumps(meta, indent=2, default=str))
     return mfolders.publish(staging, out_dir, "ensemble")
+
+
+def _health(labels: pd.Series, ids: list[str], mean: np.ndarray, pred: np.ndarray,
+            classes: list[str]) -> dict[str, Any]:
+    """The health block (core/model/health.py) of the combined out-of-fold predictions of the labelled slides."""
+    lab = labels.reindex(ids).to_numpy() if len(labels) else np.array([None] * len(ids))
+    keep = pd.Series(lab).isin(classes).to_numpy()
+    y = np.array([classes.index(v) for v in lab[keep]], dtype=np.int64)
+    return health.assess(y, mean[keep], None, classes, oof_pred=pred[keep])
 
 
 def _metrics(oof: pd.DataFrame, labels: pd.Series, classes: list[str], members: list[Member],

@@ -22,7 +22,7 @@ import torch
 from core.cohort.labels import read_labels
 from core.cohort.settings import resolve_device
 from core.errors import InputError
-from core.model import history, outliers
+from core.model import health, history, outliers
 from core.model import versions as mfolders
 from core.model.mil import MILModel, create_model, list_models
 from core.model.train_data import Bag, input_stats, load_bags, predict_bags, write_oof_attention
@@ -196,7 +196,8 @@ def train_model(features_dir: str | Path, labels_csv: str | Path, model: str = "
     Writes ``<out_dir>/<vNNN-model>/`` (default ``out_dir``: ``<features_dir>/../models``) with model.json,
     weights.safetensors, ood.safetensors, oof_predictions.csv, folds.csv, oof_attention.h5, history.csv (see
     core/model/history.py; ``on_epoch`` receives each row as it is recorded) and folds/fold<k>.safetensors (+ its OOD
-    reference), the fold models a fold ensemble is made of.
+    reference), the fold models a fold ensemble is made of. model.json's "health" says whether the model learned
+    anything (core/model/health.py); an unhealthy version is registered but never the default over a healthy one.
     """
 
     t0 = time.time()
@@ -293,6 +294,8 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
                     "class_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
                     "train_seconds": round(time.time() - t0, 1)},
         "ood": outliers.ood_meta(oof_ood, s.ood_method, s.target_fpr),
+        # did it learn anything? (near-chance, nearly uniform or one-class predictions: core/model/health.py)
+        "health": health.assess(y, oof_probs, out_all.probs, classes),
         "skipped_no_features": missing,
     }
     staging = mfolders.new_staging_dir(out_dir)

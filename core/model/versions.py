@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import InputError
+from core.model.health import health_warnings, is_healthy
 
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
@@ -84,11 +85,13 @@ def default_version(models_dir: str | Path, results_dir: str | Path | None = Non
     """The version a page opens by default, from ``among`` (oldest first; default: every version with something to
     show, else every complete version): the newest with final predictions (``results_dir/<v>/predictions.csv``),
     else the newest with out-of-fold predictions, else the newest. A newer version still without predictions (a
-    retrain in progress, failed or killed) is never preferred over an older one that has them."""
+    retrain in progress, failed or killed) is never preferred over an older one that has them, and a version whose
+    model.json health says ``ok: false`` (core/model/health.py) never over a healthy one."""
     models_dir = Path(models_dir)
     if among is None:
         among = versions_with_predictions(models_dir, results_dir) or [m["version"] for m in list_versions(models_dir)]
     among = [str(v) for v in among]
+    among = [v for v in among if version_is_healthy(models_dir, v)] or among  # all unhealthy: the rule below
 
     def final(v: str) -> bool:
         return results_dir is not None and (Path(results_dir) / v / "predictions.csv").is_file()
@@ -98,6 +101,37 @@ def default_version(models_dir: str | Path, results_dir: str | Path | None = Non
         if hits:
             return hits[-1]
     return among[-1] if among else None
+
+
+def version_is_healthy(models_dir: str | Path, version: str) -> bool:
+    """False when ``version``'s model.json records an unhealthy model; a missing or unreadable one counts as healthy
+    (predictions made elsewhere, versions from before health was judged)."""
+    try:
+        meta = json.loads((Path(models_dir) / version / MODEL_JSON).read_text())
+    except (OSError, ValueError):
+        return True
+    return not isinstance(meta, dict) or is_healthy(meta)
+
+
+def version_label(models_dir: str | Path, version: str) -> str:
+    """A version's name for a selector: ``v004-dsmil ⚠`` when its model.json records an unhealthy model."""
+    return version if version_is_healthy(models_dir, version) else f"{version} \u26a0"
+
+
+def health_note(models_dir: str | Path, version: str, results_dir: str | Path | None = None) -> str | None:
+    """One line for a page or the command line when ``version`` is unhealthy (None otherwise): its warnings, and
+    whether it is the default all the same (only when no healthy version has something to show)."""
+    try:
+        meta = read_model_meta(Path(models_dir) / version)
+    except InputError:
+        return None
+    warnings = health_warnings(meta)
+    if not warnings:
+        return None
+    if default_version(models_dir, results_dir) == version:
+        return f"{version} was registered and is the default only because no healthy version exists: " + \
+            "; ".join(warnings)
+    return f"{version} was registered but is not the default: " + "; ".join(warnings)
 
 
 def default_index(versions: Sequence[str], models_dir: str | Path, results_dir: str | Path | None = None) -> int:
