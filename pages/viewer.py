@@ -21,6 +21,7 @@ from core.cohort.convert import ensure_slide
 from core.errors import SlideLensError
 from core.model.versions import default_version, versions_with_predictions
 from core.review import viewer_data as vd
+from core.review.queue import uncertainty_text
 from core.review.slide_table import OOF
 from core.slides.slide import needs_conversion
 from core.viewer.tiles import attention_path, load_attention_layer, open_cohort_slide, register_cohort
@@ -231,6 +232,9 @@ def slide_facts(row: pd.Series, meta: dict[str, Any], slide: Any | None, version
         st.metric("Final model (attention shown)", ("Other? " if other else "") + str(final),
                   help=f"The model {trained_on}: the overlay and the gallery show its attention.")
         st.caption(f"Model {md(version or '')}, {trained_on}; the overlay and the gallery show its attention.")
+        spread = val("uncertainty")
+        if spread is not None:
+            st.caption(uncertainty_text(float(spread)))
         if row.get("pred_source") != OOF:
             st.caption("No out-of-fold prediction for this slide: not judged.")
             _probs_chart(row, "final_prob_", final)

@@ -14,7 +14,7 @@ from PIL import Image
 from core.cli import main
 from core.cohort.cohort_file import load_cohort
 from core.cohort.labels import read_labels
-from core.demo.plan import DEFAULT_CLASSES, OUTLIER_LABEL, build_demo, plan_cohort
+from core.demo.plan import DEFAULT_CLASSES, FULL, OUTLIER_LABEL, build_demo, plan_cohort
 from core.errors import InputError
 from core.slides.slide import open_slide
 
@@ -144,7 +144,8 @@ def test_plan_fractions_and_balance(seed: int, noise: float) -> None:
     counts = Counter(p.true_label for p in planned if p.true_label != OUTLIER_LABEL)
     assert set(counts) == set(DEFAULT_CLASSES) and max(counts.values()) - min(counts.values()) <= 1
     wsis = [p.plan for p in planned if not p.is_tma]
-    assert all(4000 <= p.width <= 6500 and 4000 <= p.height <= 6500 and p.mpp == 0.5 for p in wsis)
+    lo, hi = FULL["wsi_side"]
+    assert all(lo <= p.width <= hi and lo <= p.height <= hi and p.mpp == 0.5 for p in wsis)
     assert any(p.width % 2 for p in wsis)  # odd sizes exercise rounding at lower levels
     tmas = [p.plan for p in planned if p.is_tma]
     assert all(p.mpp == 0.25 for p in tmas) and {p.fmt for p in tmas} == {"png", "tiff"}

@@ -303,3 +303,24 @@ def test_gallery_leaves_out_glass_and_shows_rank_and_share(tmp_path, monkeypatch
     assert (app.session_state["viewer_goto"]["x"], app.session_state["viewer_goto"]["y"]) == tuple(coords[tissue])
     assert any(c.value.startswith("Left out as mostly glass: #1 (") for c in app.caption)
     tiles.unregister_all()
+
+
+def test_uncertainty_of_the_final_prediction_is_shown(app, cohort_root):
+    """With MC-dropout draws or ensemble members, the viewer says how uncertain the final prediction is."""
+    path = cohort_root / "results" / "v001-abmil" / "predictions.csv"
+    before = path.read_text()
+    preds = pd.read_csv(path)
+    preds["uncertainty"] = [0.3 if i == "synth_odd" else 0.02 for i in preds["image_id"]]
+    preds.to_csv(path, index=False)
+    try:
+        app.query_params["slide"] = "synth_odd"
+        app.run()
+        said = [c.value for c in app.caption if c.value.startswith("Uncertainty")]
+        assert len(said) == 1 and "±0.30" in said[0] and "uncertain, in the review queue" in said[0]
+        pick(app, "synth_a")
+        said = [c.value for c in app.caption if c.value.startswith("Uncertainty")]
+        assert len(said) == 1 and "±0.02" in said[0] and "settled" in said[0]
+    finally:
+        path.write_text(before)
+    app.run()
+    assert not [c for c in app.caption if c.value.startswith("Uncertainty")]  # without draws: nothing said

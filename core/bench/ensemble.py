@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.bench._util import write_json
+from core.bench.cohorts import DEFAULT_WORK
 
 MODELS = ("abmil", "transmil", "dsmil")
 
@@ -49,33 +50,39 @@ def score(preds: pd.DataFrame, truth: pd.DataFrame, classes: list[str]) -> dict[
             "ece": round(ece(probs, y), 4)}
 
 
-def _demo(work: Path, seed: int, tiny: bool) -> Path:
-    from core.demo.plan import build_demo
+def extraction_cost(cohort: Any, backbone: Any, tta: str, n_slides: int = 3, repeat: int = 2) -> dict[str, Any]:
+    """Patches/s of plain and ``tta`` extraction on the same few slides, interleaved in one run (written to a
+    scratch folder), and their ratio: what test-time augmentation costs at extraction."""
+    import statistics
+    import tempfile
 
-    out = work / f"demo_seed{seed}"
-    if (out / "cohort.toml").is_file() and (out / "truth" / "truth.csv").is_file():
-        return out / "cohort.toml"
-    return build_demo(out, seed=seed, tiny=tiny)
+    import h5py
 
+    from core.model.features import extract_slide
 
-def _extract(cohort: Any, backbone: Any, tta: str, workers: int) -> tuple[Path, float]:
-    from core.model.features import extract_cohort
-
-    out = Path(cohort.features) if tta == "none" else Path(cohort.root) / f"features_tta-{tta}"
-    t = time.perf_counter()
-    report = extract_cohort(cohort.slide_paths, out, backbone, patch_size=cohort.patch_size,
-                            target_mpp=cohort.target_mpp, min_tissue=cohort.min_tissue,
-                            mpp_overrides=dict(cohort.slide_mpps), default_mpp=cohort.default_mpp,
-                            num_workers=workers, cache_dir=cohort.cache_dir, tta=tta)
-    if report.failed:
-        raise RuntimeError(f"extraction failed: {report.failed}")
-    return out, time.perf_counter() - t
+    ids = sorted(cohort.slide_paths)[:n_slides]
+    speed: dict[str, list[float]] = {"none": [], tta: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeat):
+            for mode in speed:
+                n, t = 0, time.perf_counter()
+                for image_id in ids:
+                    out = extract_slide(cohort.slide_paths[image_id], Path(tmp) / f"{mode}-{image_id}.h5", backbone,
+                                        patch_size=cohort.patch_size, target_mpp=cohort.target_mpp,
+                                        min_tissue=cohort.min_tissue, mpp=dict(cohort.slide_mpps).get(image_id),
+                                        default_mpp=cohort.default_mpp, cache_dir=cohort.cache_dir, tta=mode)
+                    with h5py.File(out, "r") as f:
+                        n += int(f["features"].shape[0])
+                speed[mode].append(n / (time.perf_counter() - t))
+    med = {m: statistics.median(v) for m, v in speed.items()}
+    return {"slides": ids, "repeat": repeat, "patches_per_s": {m: round(v, 2) for m, v in med.items()},
+            "tta_cost_ratio": round(med["none"] / med[tta], 2)}
 
 
 def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str = "flips", tiny: bool = False,
-                   folds: int = 5, device: str = "auto", workers: int = 2, epochs: int | None = None) -> dict[str, Any]:
+                   folds: int = 5, device: str = "auto", epochs: int | None = None) -> dict[str, Any]:
     """Build, extract, train, ensemble and score; returns the figures."""
-    from core.cohort.cohort_file import load_cohort
+    from core.bench.cohorts import demo_cohort, extracted
     from core.model.backbones import create_backbone
     from core.model.ensemble import Member, build_ensemble, fold_members
     from core.model.infer import infer_features, load_model
@@ -83,19 +90,20 @@ def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str 
 
     work.mkdir(parents=True, exist_ok=True)
     backbone = create_backbone(device=device)
-    train = load_cohort(_demo(work, train_seed, tiny))
-    tests = {s: load_cohort(_demo(work, s, tiny)) for s in test_seeds}
+    train = demo_cohort(work, train_seed, "large", tiny)
+    tests = {s: demo_cohort(work, s, "large", tiny) for s in test_seeds}
     res: dict[str, Any] = {"train_seed": train_seed, "test_seeds": test_seeds, "tiny": tiny, "tta": tta,
                            "folds": folds, "device": backbone.device, "backbone": backbone.name,
                            "extract_seconds": {}, "train_seconds": {}, "rows": []}
+    res["extraction_cost"] = extraction_cost(train, backbone, tta)
     for mode in ("none", tta):
-        feats, secs = _extract(train, backbone, mode, workers)
+        feats, secs = extracted(train, backbone, mode)
         res["extract_seconds"][f"train/{mode}"] = round(secs, 1)
         test_feats = {}
         for s, c in tests.items():
-            test_feats[s], secs = _extract(c, backbone, mode, workers)
+            test_feats[s], secs = extracted(c, backbone, mode)
             res["extract_seconds"][f"seed{s}/{mode}"] = round(secs, 1)
-        models_dir = work / f"models_{mode}"
+        models_dir = work / "ensemble" / f"models_{mode}-seed{train_seed}"
         versions, train_s = {}, {}
         for name in MODELS:
             t = time.perf_counter()
@@ -113,7 +121,7 @@ def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str 
             for s, c in tests.items():
                 truth = pd.read_csv(Path(c.root) / "truth" / "truth.csv", dtype={"image_id": str})
                 t = time.perf_counter()
-                preds = infer_features(loaded, test_feats[s], work / "results" / mode / version / f"seed{s}",
+                preds = infer_features(loaded, test_feats[s], work / "ensemble" / "results" / mode / version / f"seed{s}",
                                        force=True)
                 infer_s = time.perf_counter() - t
                 row = {"config": label, "tta": mode, "test_seed": s, "version": version,
@@ -134,15 +142,15 @@ def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ensemble", help="one model vs fold ensemble vs 3-model ensemble, plain vs TTA, on held-out "
                                         "demo cohorts")
-    p.add_argument("--work", type=Path, default=Path("data/bench_ensemble"), help="folder for cohorts and models")
-    p.add_argument("--train-seed", type=int, default=0)
-    p.add_argument("--test-seeds", default="101,102", help="comma-separated demo seeds never trained on")
+    p.add_argument("--work", type=Path, default=DEFAULT_WORK,
+                   help="folder for the cohorts (shared with bench quality --matrix) and models")
+    p.add_argument("--train-seed", type=int, default=20)
+    p.add_argument("--test-seeds", default="21,22", help="comma-separated demo seeds never trained on")
     p.add_argument("--tta", choices=("flips", "dihedral"), default="flips")
     p.add_argument("--tiny", action="store_true", help="tiny demo cohorts (a quick check, not a measurement)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: per model)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, default=2, help="patch-reading worker processes")
     p.add_argument("--json", default=None, help="write the result here")
     p.set_defaults(func=run)
 
@@ -154,6 +162,6 @@ def run(args: argparse.Namespace) -> int:
 
         raise InputError("bench ensemble: the test seeds must differ from --train-seed")
     res = bench_ensemble(args.work, args.train_seed, seeds, args.tta, args.tiny, args.folds, args.device,
-                         args.workers, args.epochs)
+                         args.epochs)
     write_json({"benchmark": "ensemble", **res}, args.json)
     return 0

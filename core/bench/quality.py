@@ -197,7 +197,8 @@ def bench_quality(cohort_path: Path, models: list[str], folds: int = 5, extract:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quality", help="extract + train + infer on a demo cohort, scored against its truth")
     p.add_argument("--cohort", type=Path, default=Path("data/demo"), help="cohort folder or cohort.toml")
-    p.add_argument("--models", default="abmil,transmil", help="comma-separated MIL models")
+    p.add_argument("--models", default=None,
+                   help="comma-separated MIL models (default abmil,transmil; with --matrix abmil,transmil,dsmil)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--no-extract", action="store_true", help="use the features already there")
     p.add_argument("--model-dir", action="append", default=[], metavar="NAME=DIR",
@@ -205,6 +206,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the benchmark's models/ and results/ (default <cohort>/bench)")
     p.add_argument("--seed", type=int, default=0, help="seed for folds and training")
+    p.add_argument("--matrix", action="store_true",
+                   help="train each head on a demo cohort of one seed and score it on another, in both tumour regimes "
+                        "(cohorts built and extracted under --work, default data/bench_cohorts; see quality_matrix.py)")
+    p.add_argument("--regimes", default="large,small", help="--matrix: tumour regimes (large, small)")
+    p.add_argument("--seeds", default="20,21,22", help="--matrix: demo seeds; each trains once and is scored once")
+    p.add_argument("--tiny", action="store_true", help="--matrix: tiny cohorts (a mechanics check, not a figure)")
     p.add_argument("--json", default=None, help="write the result here")
     p.set_defaults(func=run)
 
@@ -212,11 +219,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from core.errors import InputError
 
+    if args.matrix:
+        from core.bench.cohorts import DEFAULT_WORK
+        from core.bench.quality_matrix import HEADS, run_matrix
+
+        heads = tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else HEADS
+        res = run_matrix(args.work or DEFAULT_WORK, heads, tuple(r.strip() for r in args.regimes.split(",")),
+                         tuple(int(s) for s in args.seeds.split(",")), args.folds, tiny=args.tiny)
+        write_json({"benchmark": "quality --matrix", **res}, args.json)
+        return 0
     cohort = args.cohort / "cohort.toml" if args.cohort.is_dir() else args.cohort
     if not (cohort.parent / "truth" / "truth.csv").is_file():
         raise InputError(f"{cohort.parent}: no truth/truth.csv (bench quality needs a demo cohort: python -m core demo)")
     dirs = dict(item.split("=", 1) for item in args.model_dir)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    models = [m.strip() for m in (args.models or "abmil,transmil").split(",") if m.strip()]
     res = bench_quality(cohort, models, args.folds, extract=not args.no_extract,
                         model_dirs={k: Path(v) for k, v in dirs.items()}, work=args.work, seed=args.seed)
     write_json({"benchmark": "quality", **res}, args.json)

@@ -33,7 +33,7 @@ class Settings:
     slide_cache_size: int = 32  # open slide handles kept in the LRU
     backbone: str = "efficientnet_lite0"
     batch_size: int = 64
-    num_workers: int = 2
+    num_workers: int | None = None  # patch-reading processes; None: core.model.features.default_workers
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     db_url: str | None = None  # default: sqlite:///<data_dir>/slidelens.db
     extra: Mapping[str, Any] = field(default_factory=dict)

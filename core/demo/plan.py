@@ -28,7 +28,9 @@ from core.errors import InputError
 
 DEFAULT_CLASSES = ("CC", "EC", "HGSC", "LGSC", "MC")
 OUTLIER_LABEL = "Other"
-FULL = {"n_wsi": 40, "n_tma": 10, "n_outliers": 4, "wsi_side": (4000, 6500), "tma_side": (2600, 3000),
+# WSIs of 1.5-2.5 mm at 0.5 mpp: about 7,000 patches in all, so a 2-core machine builds the whole demo within four
+# minutes of a first start (4000-6500 px gave 11,300 patches and 4.2 minutes; see README, bench firstrun)
+FULL = {"n_wsi": 40, "n_tma": 10, "n_outliers": 4, "wsi_side": (3000, 5000), "tma_side": (2600, 3000),
         "sheet_um": (512.0, 384.0)}
 TINY = {"n_wsi": 6, "n_tma": 2, "n_outliers": 1, "wsi_side": (1500, 2000), "tma_side": (1000, 1200),
         "sheet_um": (256.0, 192.0)}

@@ -21,6 +21,16 @@ from core.review.store import Store, SyncReport, open_store
 
 LOW_CONFIDENCE = 0.6
 UNCERTAIN = 0.15  # spread (std) of the predicted class's probability over MC dropout draws or ensemble members
+
+
+def uncertainty_text(spread: float, uncertain: float = UNCERTAIN) -> str:
+    """How the viewer states a slide's uncertainty: the spread of the final model's probability for its class over
+    Monte-Carlo dropout draws (``infer --mc-samples``) or an ensemble's members, and whether the queue calls it
+    uncertain."""
+    verdict = f"over {uncertain:.2f}: uncertain, in the review queue" if spread > uncertain else \
+        f"at most {uncertain:.2f}: settled"
+    return (f"Uncertainty ±{spread:.2f} (spread of the predicted class's probability over dropout draws or ensemble "
+            f"members; {verdict})")
 ISSUE_SCORE = 0.5  # normalized margin above 0.5: another class is more likely than the given one
 SOURCES = ("label_issue", "outlier", "low_confidence", "second_opinion", "attends_outside")
 QUEUE_COLUMNS = ["image_id", "label", "pred", "pred_source", "confidence", "final_pred", "ood_score", "reasons",
