@@ -9,6 +9,7 @@ so Back from the viewer and shared links restore it:
 from __future__ import annotations
 
 import html
+from functools import partial
 
 import pandas as pd
 import streamlit as st
@@ -29,7 +30,7 @@ from core.analysis.metrics import (
     per_class_table,
 )
 from core.errors import SlideLensError
-from core.model.versions import default_version, versions_with_predictions
+from core.model.versions import default_version, version_label, versions_with_predictions
 from core.review.slide_table import reviewed_labels
 from ui import analysis_views as av
 from ui.context import current_cohort
@@ -67,8 +68,9 @@ def _select_cell() -> None:
             return
 
 
-def choose_version(where, versions: list[str], default: str) -> str | None:
-    """The version from ``?model=`` (Back, shared links) or the selectbox; an unknown one is said, never replaced."""
+def choose_version(where, versions: list[str], default: str, label=str) -> str | None:
+    """The version from ``?model=`` (Back, shared links) or the selectbox; an unknown one is said, never replaced.
+    ``label`` names an option (``core.model.versions.version_label`` marks an unhealthy model)."""
     wanted = st.query_params.get("model")
     if wanted is not None and wanted not in versions:
         st.error(md(f"no model version '{wanted}' in this cohort; its versions: {', '.join(versions)}"))
@@ -80,7 +82,7 @@ def choose_version(where, versions: list[str], default: str) -> str | None:
     elif st.session_state.get("an_version") not in versions:
         st.session_state["an_version"] = default
     version = where.selectbox("Model version", versions, key="an_version", on_change=_url_from,
-                              args=("model", "an_version"))
+                              args=("model", "an_version"), format_func=label)
     st.query_params["model"] = version
     return version
 
@@ -284,7 +286,8 @@ def main() -> None:
         st.info("No model yet: train one (`python -m core train`) and its out-of-fold predictions appear here.")
         return
     c1, c2 = st.columns([2, 3])
-    version = choose_version(c1, versions, default_version(cohort.models, cohort.results, among=versions))
+    version = choose_version(c1, versions, default_version(cohort.models, cohort.results, among=versions),
+                             label=partial(version_label, cohort.models))
     if version is None:
         return
     source = choose_source(c2)

@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from core.errors import SlideLensError
-from core.model.versions import default_index
+from core.model.versions import default_index, health_note, version_label
 from core.review.export import export_labels
 from core.review.queue import SOURCES, build_queue, filter_queue, load_model_view, model_versions, retrain
 from core.review.slide_table import reviewed_labels, slide_table
@@ -39,7 +39,7 @@ def _jobs() -> dict[str, dict[str, Any]]:
 def _start_retrain(cohort: Any, model: str, out: Path) -> None:
     jobs = _jobs()
     job: dict[str, Any] = {"frac": 0.0, "msg": "exporting labels", "done": False, "error": None, "version": None,
-                           "started": time.time()}
+                           "warning": None, "started": time.time()}
     jobs[cohort.database] = job
 
     def progress(frac: float, msg: str) -> None:
@@ -51,6 +51,7 @@ def _start_retrain(cohort: Any, model: str, out: Path) -> None:
             res = export_labels(cohort, store, out)
             job["msg"] = f"training {model} on {res.rows} labels"  # then its predictions and attention (retrain)
             job["version"] = retrain(cohort, store, out, model=model, progress=progress)
+            job["warning"] = health_note(cohort.models, job["version"], cohort.results)  # None when healthy
         except SlideLensError as exc:
             job["error"] = str(exc)
         except Exception as exc:  # noqa: BLE001 - a background failure is reported in one line, never a traceback
@@ -69,6 +70,8 @@ def _retrain_progress(url: str) -> None:
     if job["done"]:
         if job["error"]:
             st.error(job["error"])
+        elif job.get("warning"):
+            st.warning(md(job["warning"]))
         else:
             st.success(f"New model version {job['version']} registered with its predictions and attention; "
                        "compare it on the error-analysis page.")
@@ -132,7 +135,8 @@ def main() -> None:
     reviewer_input(top[0])
     versions = model_versions(cohort)
     version = (top[1].selectbox("Model version", versions, key="rv_version",
-                                index=default_index(versions, cohort.models, cohort.results))
+                                index=default_index(versions, cohort.models, cohort.results),
+                                format_func=partial(version_label, cohort.models))
                if versions else None)
     try:
         view = load_model_view(cohort, version)

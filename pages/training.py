@@ -12,7 +12,7 @@ import streamlit as st
 from core.errors import SlideLensError
 from core.model.ensemble import Member, build_ensemble, fold_members
 from core.model.history import read_history
-from core.model.versions import is_ensemble, list_versions
+from core.model.versions import health_note, is_ensemble, list_versions
 from ui import training_views as tv
 from ui.context import current_cohort
 from ui.safe import md
@@ -40,7 +40,7 @@ def _pick(label: str, options: list[str], param: str, key: str, default: str | N
                            format_func=lambda v: "(none)" if v is None else v)
 
 
-def ensemble_builder(models_dir, versions: list[dict]) -> None:
+def ensemble_builder(models_dir, versions: list[dict], results_dir=None) -> None:
     """Two clicks: pick versions (or one run's fold models) and a method, then build."""
     plain = [m["version"] for m in versions if not is_ensemble(m)]
     st.subheader("Build an ensemble")
@@ -61,7 +61,11 @@ def ensemble_builder(models_dir, versions: list[dict]) -> None:
             st.error(md(str(exc)))
     built = st.session_state.get("tr_built")
     if built:
-        st.success(md(f"saved ensemble {built}"))
+        note = health_note(models_dir, built, results_dir)  # None when healthy (core/model/health.py)
+        if note:
+            st.warning(md(f"saved ensemble: {note}"))
+        else:
+            st.success(md(f"saved ensemble {built}"))
         # a plain relative link: the version name is ours (vNNN-ensemble), quoted all the same
         st.markdown(f"[Open {md(built)} in error analysis](analysis?model={quote(built)}) to compare it with each "
                     "member")
@@ -99,7 +103,7 @@ def main() -> None:
             with col:
                 tv.version_panel(v, hists[v][0], hists[v][1], metric, key=f"tr_{len(shown)}_{shown.index(v)}")
     if len([m for m in versions if not is_ensemble(m)]) >= 1:
-        ensemble_builder(cohort.models, versions)
+        ensemble_builder(cohort.models, versions, cohort.results)
 
 
 main()

@@ -19,7 +19,7 @@ import streamlit as st
 from core.cohort.cohort_file import Cohort
 from core.cohort.convert import ensure_slide
 from core.errors import SlideLensError
-from core.model.versions import default_version, versions_with_predictions
+from core.model.versions import default_version, version_label, versions_with_predictions
 from core.review import viewer_data as vd
 from core.review.queue import uncertainty_text
 from core.review.slide_table import OOF
@@ -86,7 +86,8 @@ def choose_version(cohort: Cohort) -> tuple[str | None, bool]:
     elif st.session_state.get("viewer_version") not in versions:
         st.session_state["viewer_version"] = default_version(cohort.models, cohort.results, among=versions)
     version = st.sidebar.selectbox("Model version", versions, index=None, key="viewer_version",
-                                   on_change=_to_url, args=("model", "viewer_version"))
+                                   on_change=_to_url, args=("model", "viewer_version"),
+                                   format_func=lambda v: version_label(cohort.models, v))  # "v004-dsmil ⚠": unhealthy
     return version, True
 
 
