@@ -41,7 +41,8 @@ def read_plan(cohort_dir: Path) -> dict[str, Any] | None:
 def planned_slides(plan: dict[str, Any]) -> list[PlannedSlide]:
     """Every slide of the plan, decided again from its seed and counts (deterministic)."""
     return plan_cohort(int(plan["seed"]), plan.get("n_wsi"), plan.get("n_tma"), plan.get("n_outliers"),
-                       float(plan.get("noise", 0.08)), bool(plan.get("tiny")), plan.get("classes") or None)
+                       float(plan.get("noise", 0.08)), bool(plan.get("tiny")), plan.get("classes") or None,
+                       foci=plan.get("foci", "large"), tumour_fraction=plan.get("tumour_fraction"))
 
 
 def starter_ids(planned: Sequence[PlannedSlide]) -> list[str]:
