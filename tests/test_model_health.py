@@ -70,9 +70,18 @@ def test_one_class_for_almost_every_slide_is_flagged_unless_the_labels_are_that_
     assert not h["ok"] and h["top_predicted_class"] == "A" and h["top_predicted_share"] == pytest.approx(29 / 30)
     assert any(w.startswith("predicts one class for almost all slides: A for 97% of the out-of-fold predictions "
                             "(labels: A 33%, B 33%, C 33%)") for w in h["warnings"])
-    skewed = np.array([0] * 27 + [1, 2, 2])  # one class is 90% of the labels: predicting it is no collapse
-    h = assess(skewed, _onehot(np.array([0] * 27 + [1, 2, 2])), None, CLASSES)
+    skewed = np.array([0] * 26 + [1, 1, 2, 2])  # one class is 87% of the labels: predicting it is no collapse
+    h = assess(skewed, _onehot(skewed), None, CLASSES)
     assert h["ok"], h["warnings"]
+
+
+def test_a_class_with_one_slide_leaves_the_model_unjudged_not_unhealthy() -> None:
+    """One slide per class (the first run's quick model): each slide's fold model never saw its class, so a
+    near-chance out-of-fold score says nothing about the model; it is not judged, and not marked unhealthy."""
+    y = np.array([0, 1, 2])
+    h = assess(y, _onehot(np.array([1, 2, 0])), _onehot(y), CLASSES)
+    assert h["ok"] is None and h["warnings"] == [] and h["notes"][0].startswith("not judged: a class has 1 labelled")
+    assert is_healthy({"health": h}) and health_warnings({"health": h}) == []
 
 
 def test_old_model_json_without_health_is_healthy() -> None:

@@ -16,10 +16,12 @@ import numpy as np
 
 # balanced accuracy below chance + this share of the way from chance to 1: the folds learned (almost) nothing
 NEAR_CHANCE_SHARE = 0.25
-# median entropy / log(C) at or above this: the probabilities barely move away from uniform
-UNIFORM_ENTROPY = 0.95
-# median top probability below 1/C + this share of the way to 1: no slide gets a confident call
+# median top probability below 1/C + this share of the way to 1: no slide gets a confident call (the entropy is
+# reported too, but not judged: with two classes any entropy cut flags sound models whose calls are merely modest)
 UNIFORM_TOP_SHARE = 0.10
+# out-of-fold predictions say nothing about a class with fewer training slides than this: the fold model that
+# predicts its slide has seen no other slide of it (the first run's quick model, one slide per class)
+MIN_SLIDES_PER_CLASS = 2
 # one class taking this share of the out-of-fold predictions is a collapse onto one class ...
 ONE_CLASS_SHARE = 0.90
 # ... when at least two classes each hold this share of the labels (a majority-class cohort may fairly look like it)
@@ -43,7 +45,7 @@ def _uniform(probs: np.ndarray, what: str, n_cols: int) -> tuple[float, float, s
     """The spread of ``probs`` and a warning when it is nearly uniform."""
     top, ent = _spread(probs)
     floor = 1.0 / n_cols + UNIFORM_TOP_SHARE * (1.0 - 1.0 / n_cols)
-    if ent >= UNIFORM_ENTROPY or top < floor:
+    if top < floor:
         return top, ent, (f"{what} nearly uniform: median top probability {top:.2f} for {n_cols} classes "
                           f"(median normalised entropy {ent:.2f})")
     return top, ent, None
@@ -61,10 +63,16 @@ def assess(y: np.ndarray, oof_probs: np.ndarray, final_probs: np.ndarray | None,
     present = np.unique(y)
     chance = 1.0 / max(len(present), 1)
     out: dict[str, Any] = {"ok": True, "warnings": [], "n_slides": int(len(y)), "chance": chance,
-                           "thresholds": {"near_chance_share": NEAR_CHANCE_SHARE, "uniform_entropy": UNIFORM_ENTROPY,
-                                          "uniform_top_share": UNIFORM_TOP_SHARE, "one_class_share": ONE_CLASS_SHARE,
-                                          "well_represented": WELL_REPRESENTED}}
+                           "thresholds": {"near_chance_share": NEAR_CHANCE_SHARE, "uniform_top_share": UNIFORM_TOP_SHARE,
+                                          "one_class_share": ONE_CLASS_SHARE, "well_represented": WELL_REPRESENTED,
+                                          "min_slides_per_class": MIN_SLIDES_PER_CLASS}}
     if len(y) == 0 or n_cols < 2:
+        return out
+    fewest = int(np.bincount(y)[present].min()) if len(present) else 0
+    if fewest < MIN_SLIDES_PER_CLASS:  # not judged: "near chance" would be a property of the split, not the model
+        out["ok"] = None
+        out["notes"] = [f"not judged: a class has {fewest} labelled slide(s), too few for out-of-fold predictions "
+                        f"to test the model (at least {MIN_SLIDES_PER_CLASS} per class)"]
         return out
     warnings: list[str] = []
     ba = _balanced_accuracy(y, pred)
