@@ -61,7 +61,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[
 def test_training_writes_a_complete_model_folder(trained: tuple[Path, Path, dict[str, str]]) -> None:
     root, model_dir, _ = trained
     assert model_dir == root / "models" / "v001-abmil"
-    for name in ("model.json", "weights.safetensors", "ood.safetensors", "oof_predictions.csv", "folds.csv"):
+    for name in ("model.json", "weights.safetensors", "tissue_ood.safetensors", "oof_predictions.csv", "folds.csv"):
         assert (model_dir / name).is_file(), name
     meta = json.loads((model_dir / "model.json").read_text())
     assert meta["classes"] == CLASSES and meta["feature_dim"] == D and meta["backbone"] == "toy"

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from core.errors import InputError
-from core.model import outliers
+from core.model import outliers, tissue_ood
 from core.model import versions as mfolders
 from core.model.feature_files import FeatureBag, read_features
 from core.model.mil import MILModel, create_model
@@ -45,7 +45,7 @@ class LoadedModel:
     meta: dict[str, Any]
     path: Path
     device: str
-    ood_ref: outliers.OODReference | None
+    ood_ref: outliers.OODReference | tissue_ood.TissueReference | None
     members: list[LoadedModel] | None = None  # an ensemble's loaded members (``model`` is None then)
     mc_samples: int = 0  # > 1: Monte-Carlo dropout draws per slide (mean and spread)
 
@@ -92,13 +92,16 @@ def load_model(model_dir: str | Path, device: str = "cpu", fold: int | None = No
         model.load_state_dict(state)
     except (ValueError, RuntimeError, OSError, TypeError) as exc:
         raise InputError(f"{model_dir}: weights do not load into {meta['model']} ({str(exc).splitlines()[0]})") from exc
-    ref = None
-    if (meta.get("ood") or {}).get("method", "mahalanobis") == "mahalanobis":
-        ood_name = mfolders.OOD_FILE if fold is None else mfolders.fold_ood(fold)
+    ref: outliers.OODReference | tissue_ood.TissueReference | None = None
+    method = (meta.get("ood") or {}).get("method", "mahalanobis")
+    if method in ("mahalanobis", tissue_ood.METHOD):
+        ood_name = (mfolders.TISSUE_OOD_FILE if method == tissue_ood.METHOD
+                    else mfolders.OOD_FILE if fold is None else mfolders.fold_ood(fold))
         ood_path = model_dir / ood_name
         if not ood_path.is_file():
             raise InputError(f"{model_dir}: incomplete model folder (missing {ood_name})")
-        ref = outliers.load_reference(ood_path)
+        ref = (tissue_ood.load_reference(ood_path) if method == tissue_ood.METHOD
+               else outliers.load_reference(ood_path))
     model.to(device).eval()
     version = str(meta.get("version") or model_dir.name) + ("" if fold is None else f"/fold{fold}")
     return LoadedModel(model, list(meta["classes"]), int(meta["feature_dim"]), meta.get("backbone"),
@@ -132,7 +135,10 @@ def infer_slide(loaded: LoadedModel, bag: FeatureBag) -> SlideResult:
     logits = out.logits.float().cpu().numpy()
     emb = out.embedding.float().cpu().numpy()
     method = (loaded.meta.get("ood") or {}).get("method", "mahalanobis")
-    score = float(outliers.ood_scores(emb[None], logits[None], ref=loaded.ood_ref, method=method)[0])
+    if isinstance(loaded.ood_ref, tissue_ood.TissueReference):
+        score = tissue_ood.slide_score(bag.features, loaded.ood_ref)
+    else:
+        score = float(outliers.ood_scores(emb[None], logits[None], ref=loaded.ood_ref, method=method)[0])
     probs = out.probs.float().cpu().numpy()
     samples = mc_dropout_probs(loaded.model, x, loaded.mc_samples) if loaded.mc_samples > 1 else None
     if samples is not None:

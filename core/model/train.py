@@ -22,7 +22,7 @@ import torch
 from core.cohort.labels import read_labels
 from core.cohort.settings import resolve_device
 from core.errors import InputError
-from core.model import health, history, outliers
+from core.model import health, history, outliers, tissue_ood
 from core.model import versions as mfolders
 from core.model.mil import MILModel, create_model, list_models
 from core.model.train_data import Bag, input_stats, load_bags, predict_bags, write_oof_attention
@@ -54,7 +54,7 @@ class TrainSettings:
     folds: int = 5
     seed: int = 0
     cpu_threads: int | None = None  # None: 1 thread for small bags (tiny ops lose to threading overhead), else torch's
-    ood_method: str = "mahalanobis"
+    ood_method: str = "patches"  # core/model/tissue_ood.py (the same for every head); or mahalanobis | energy | msp
     target_fpr: float = outliers.DEFAULT_FPR
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -181,10 +181,22 @@ def predictions_frame(ids: list[str], probs: np.ndarray, classes: list[str], ood
 
 def _ood_fit_score(s: TrainSettings, ref_emb: np.ndarray, ref_y: np.ndarray, emb: np.ndarray,
                    logits: np.ndarray) -> tuple[outliers.OODReference | None, np.ndarray]:
+    if s.ood_method == tissue_ood.METHOD:  # scored on the patch features apart from the head: see _tissue_ood
+        return None, np.full(len(emb), np.nan)
     if s.ood_method == "mahalanobis":
         ref = outliers.fit_ood(ref_emb, ref_y)
         return ref, outliers.ood_scores(emb, ref=ref)
     return None, outliers.ood_scores(emb, logits, method=s.ood_method)  # type: ignore[arg-type]
+
+
+def _tissue_ood(bags: list[Bag], seed: int) -> tuple[tissue_ood.TissueReference, np.ndarray]:
+    """The patch-feature outlier reference of the training slides and each one's leave-one-slide-out score (their
+    out-of-fold outlier scores: a slide is never compared with its own patches). Bags are read one at a time."""
+    gen = torch.Generator().manual_seed(seed)
+    sampled = [b.rows(torch.randperm(b.n, generator=gen)[: tissue_ood.PER_SLIDE]).float().numpy() for b in bags]
+    ref = tissue_ood.fit_reference(sampled, seed=seed)
+    return ref, np.array([tissue_ood.slide_score(b.features.float().numpy(), ref, leave_out=i)
+                          for i, b in enumerate(bags)])
 
 
 def train_model(features_dir: str | Path, labels_csv: str | Path, model: str = "abmil",
@@ -278,6 +290,9 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
                    on_epoch=_history_hook(hist_rows, history.FINAL_FOLD, [], y[:0], classes, device, on_epoch))
     out_all = predict_bags(final, bags, device)
     ref, _ = _ood_fit_score(s, out_all.embeddings, y, out_all.embeddings, out_all.logits)
+    tissue_ref = None
+    if s.ood_method == tissue_ood.METHOD:
+        tissue_ref, oof_ood = _tissue_ood(bags, seed)
     oof = predictions_frame(ids, oof_probs, classes, oof_ood)
     from sklearn.metrics import balanced_accuracy_score
 
@@ -303,6 +318,8 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
               str(staging / mfolders.WEIGHTS))
     if ref is not None:
         outliers.save_reference(ref, staging / mfolders.OOD_FILE)
+    if tissue_ref is not None:  # one reference for the final model and its fold models alike
+        tissue_ood.save_reference(tissue_ref, staging / mfolders.TISSUE_OOD_FILE)
     oof.to_csv(staging / mfolders.OOF_CSV, index=False)
     pd.DataFrame({"image_id": ids, "label": [classes[i] for i in y], "fold": fold}).to_csv(
         staging / "folds.csv", index=False)

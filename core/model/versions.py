@@ -22,6 +22,7 @@ MODEL_JSON = "model.json"
 WEIGHTS = "weights.safetensors"
 OOF_CSV = "oof_predictions.csv"
 OOD_FILE = "ood.safetensors"
+TISSUE_OOD_FILE = "tissue_ood.safetensors"  # the patch-feature outlier reference (core/model/tissue_ood.py)
 REQUIRED_FILES = (MODEL_JSON, WEIGHTS)
 FOLDS_DIR = "folds"  # folds/fold<k>.safetensors (+ fold<k>.ood.safetensors): the k fold models of a training run
 ENSEMBLE = "ensemble"  # model.json key of an ensemble version: {"method", "members": [...]} instead of weights
