@@ -227,3 +227,18 @@ def test_quality_bench_trains_into_its_work_folder_not_the_cohorts(tmp_path: Pat
     assert json.loads((model_dir / "model.json").read_text())["settings"]["seed"] == 1
     assert len(list((tmp_path / "bench" / "results" / "v001-abmil" / "attention").glob("*.h5"))) == len(labels)
     assert res["models"]["abmil"]["n_oof"] == len(labels) and res["seed"] == 1
+
+
+def test_patch_dropout_trains_on_random_subsets_reproducibly(tmp_path: Path) -> None:
+    """patch_dropout keeps a random share of each bag per step: another model than without it, the same one again
+    for the same seed, and recorded in the settings."""
+    write_cohort(tmp_path)
+    kw = {"model": "abmil", "folds": 2, "epochs": 4, "seed": 3}
+    runs = [train_model(tmp_path / "features", tmp_path / "labels.csv", out_dir=tmp_path / f"m{i}", **kw,
+                        **({"patch_dropout": 0.5} if i < 2 else {})) for i in range(3)]
+    from safetensors.numpy import load_file
+
+    w = [load_file(str(r / "weights.safetensors")) for r in runs]
+    assert all(np.array_equal(w[0][k], w[1][k]) for k in w[0])  # same seed, same subsets
+    assert not all(np.array_equal(w[0][k], w[2][k]) for k in w[0])  # without dropout: another model
+    assert json.loads((runs[0] / "model.json").read_text())["settings"]["patch_dropout"] == 0.5

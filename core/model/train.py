@@ -49,6 +49,7 @@ class TrainSettings:
     lr: float = 5e-4
     weight_decay: float = 1e-4
     max_patches: int = 2048  # random subset of patches per training step (bounds time and acts as augmentation)
+    patch_dropout: float = 0.0  # each training step keeps a random (1 - U(0, this)) share of the bag's patches
     patience: int = 8  # epochs without inner-validation improvement before stopping
     val_fraction: float = 0.15  # inner validation split for early stopping (used when each class has >= 4 slides)
     folds: int = 5
@@ -94,7 +95,10 @@ def fit(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device
         loss_sum = torch.zeros((), device=device)
         for i in _balanced_order(y, gen):
             n = bags[i].n
-            x = bags[i].rows(torch.randperm(n, generator=gen)[: s.max_patches] if n > s.max_patches else None)
+            keep = min(n, s.max_patches)
+            if s.patch_dropout > 0:
+                keep = max(1, int(round(keep * (1.0 - s.patch_dropout * float(torch.rand((), generator=gen))))))
+            x = bags[i].rows(torch.randperm(n, generator=gen)[:keep] if keep < n else None)
             loss = model.loss(model(x.to(device)), torch.tensor(int(y[i]), device=device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
