@@ -242,3 +242,21 @@ def test_patch_dropout_trains_on_random_subsets_reproducibly(tmp_path: Path) -> 
     assert all(np.array_equal(w[0][k], w[1][k]) for k in w[0])  # same seed, same subsets
     assert not all(np.array_equal(w[0][k], w[2][k]) for k in w[0])  # without dropout: another model
     assert json.loads((runs[0] / "model.json").read_text())["settings"]["patch_dropout"] == 0.5
+
+
+def test_early_stopping_never_keeps_an_epoch_before_min_epochs(tmp_path: Path) -> None:
+    """A validation set whose loss is lowest at the start (its labels disagree with what the model learns) used to
+    keep the first epoch, a barely trained model; the kept epoch is now never before min_epochs."""
+    from core.model.train import TrainSettings, fit
+    from core.model.train_data import load_bags
+
+    labels = write_cohort(tmp_path, per_class=4, seed=5)
+    bags, _ = load_bags(tmp_path / "features", sorted(labels))
+    y = np.array([CLASSES.index(labels[b.image_id]) for b in bags])
+    wrong = (y + 1) % len(CLASSES)  # validation labels the model is trained away from
+    for min_epochs, expect_at_least in ((1, 1), (6, 6)):
+        s = TrainSettings(model="abmil", epochs=12, lr=1e-3, patience=3, min_epochs=min_epochs)
+        _, kept = fit(bags, y, len(CLASSES), s, "cpu", seed=0, val=(bags, wrong))
+        assert kept >= expect_at_least
+        if min_epochs == 1:
+            assert kept <= 2  # the loss on the disagreeing labels is lowest before the model learns

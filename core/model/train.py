@@ -33,9 +33,12 @@ EpochHook = Callable[[int, MILModel, float, "float | None"], None]
 DEFAULTS: dict[str, dict[str, Any]] = {  # per-model training defaults (small bags, CPU-cheap)
     "abmil": {"lr": 1e-3, "epochs": 40, "model_kwargs": {"hidden": 256, "dropout": 0.25}},
     # TransMIL: no early stopping (on the demo's ~7 inner-validation slides it stopped folds after 1-3 epochs,
-    # leaving attention near chance); the first layer's CLS row localises best (see core/model/mil/transmil.py)
-    "transmil": {"lr": 5e-4, "epochs": 15, "val_fraction": 0.0,
-                 "model_kwargs": {"hidden": 128, "dropout": 0.1, "attention_mode": "first"}},
+    # leaving attention near chance). Small tumour foci: trained on whole bags it leaned on the background and fell to
+    # balanced accuracy 0.73-0.79 on held-out cohorts; dropping up to 15% of each bag's patches per step brought it to
+    # 0.95-1.00, and the rollout of both layers' CLS rows kept the large-region localisation (0.87 against 0.81 for the
+    # first layer's row once trained that way). Chosen on demo seeds 10/11 (and a 3-class pair 30/31), README.
+    "transmil": {"lr": 5e-4, "epochs": 15, "val_fraction": 0.0, "patch_dropout": 0.15,
+                 "model_kwargs": {"hidden": 128, "dropout": 0.1, "attention_mode": "rollout"}},
     "dsmil": {"lr": 1e-3, "epochs": 40, "model_kwargs": {"hidden": 256, "dropout": 0.25}},
 }
 
@@ -51,6 +54,10 @@ class TrainSettings:
     max_patches: int = 2048  # random subset of patches per training step (bounds time and acts as augmentation)
     patch_dropout: float = 0.0  # each training step keeps a random (1 - U(0, this)) share of the bag's patches
     patience: int = 8  # epochs without inner-validation improvement before stopping
+    # early stopping never keeps an epoch before this one: on a handful of inner-validation slides the loss is often
+    # lowest at the start (uniform guesses), which left fold and final models barely trained (nearly uniform
+    # probabilities, the failure core/model/health.py reports)
+    min_epochs: int = 10
     val_fraction: float = 0.15  # inner validation split for early stopping (used when each class has >= 4 slides)
     folds: int = 5
     seed: int = 0
@@ -110,7 +117,7 @@ def fit(bags: list[Bag], y: np.ndarray, n_classes: int, s: TrainSettings, device
         vloss = _mean_loss(model, val[0], val[1], device) if val is not None else None
         if on_epoch is not None:
             on_epoch(epoch + 1, model, float(loss_sum) / max(len(y), 1), vloss)
-        if vloss is not None:
+        if vloss is not None and epoch + 1 >= min(s.min_epochs, epochs):
             if vloss < best[0] - 1e-4:
                 best, stale = (vloss, epoch + 1, {k: v.detach().clone() for k, v in model.state_dict().items()}), 0
             else:
