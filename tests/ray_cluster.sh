@@ -33,11 +33,14 @@ echo $? >"$W/equal.rc"
 timeout 240 python -m core extract --slides "$GOOD" --out "$W/kill" --ray "$HEAD" $ARGS --batch-size 1 \
   >"$W/kill.log" 2>&1 &
 run=$!
+# kill once the slides are being planned and embedded on both nodes (the first slide done was too late on a loaded
+# machine: the worker node sometimes had no batch left in flight)
 for _ in $(seq 1 1200); do
-  grep -q "^done " "$W/kill.log" 2>/dev/null && break
+  grep -q "^6 slides;" "$W/kill.log" 2>/dev/null && break
   kill -0 $run 2>/dev/null || break
   sleep 0.1
 done
+sleep 2
 raylet=$(ps -eo pid=,args= | awk '/raylet\/raylet / && /node_manager_port=6390/ {print $1}')
 if kill -0 $run 2>/dev/null && [ -n "$raylet" ]; then
   kill -9 "$raylet" && echo "$raylet" >"$W/killed"
