@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="only the backbone's patches/s: eager PyTorch vs ONNX Runtime, interleaved, medians")
     p.add_argument("--repeat", type=int, default=5, help="--features: timed passes of each (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="--features: patches per batch (default 64)")
+    p.add_argument("--reading", type=Path, default=None, metavar="COHORT",
+                   help="--features: also extract this cohort's first WSIs end to end, patches read by 2 worker "
+                        "processes against in this process (what a machine of <= 2 cores now does), interleaved")
     p.add_argument("--json", dest="out", help="also write the result here")
     p.set_defaults(func=run)
 
@@ -77,6 +80,39 @@ def features_speed(repeat: int = 5, batch_size: int = 64) -> dict[str, Any]:
             "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
+def reading_speed(cohort_path: Path, repeat: int = 2, n_slides: int = 4) -> dict[str, Any]:
+    """End-to-end patches/s of extraction (tiling, reading, backbone, writing) on ``n_slides`` WSIs of a cohort with
+    patches read by two DataLoader workers against in-process, alternately, into a scratch folder; medians."""
+    import statistics
+
+    import h5py
+
+    from core.cohort.cohort_file import load_cohort
+    from core.model.backbones import create_backbone
+    from core.model.features import extract_slide
+
+    cohort = load_cohort(cohort_path / "cohort.toml" if cohort_path.is_dir() else cohort_path)
+    ids = [i for i in sorted(cohort.slide_paths) if i.startswith("wsi")][:n_slides] or sorted(cohort.slide_paths)[:n_slides]
+    backbone = create_backbone(device="cpu")
+    speed: dict[int, list[float]] = {2: [], 0: []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeat):
+            for workers in speed:
+                n, t = 0, time.perf_counter()
+                for image_id in ids:
+                    out = extract_slide(cohort.slide_paths[image_id], Path(tmp) / f"{workers}-{image_id}.h5", backbone,
+                                        patch_size=cohort.patch_size, target_mpp=cohort.target_mpp,
+                                        min_tissue=cohort.min_tissue, default_mpp=cohort.default_mpp,
+                                        cache_dir=cohort.cache_dir, num_workers=workers)
+                    with h5py.File(out, "r") as f:
+                        n += int(f["features"].shape[0])
+                speed[workers].append(n / (time.perf_counter() - t))
+    med = {w: statistics.median(v) for w, v in speed.items()}
+    return {"slides": ids, "repeat": repeat, "cpus": os.cpu_count(),
+            "patches_per_s": {"two reading workers": round(med[2], 2), "in-process": round(med[0], 2)},
+            "ratio_in_process": round(med[0] / med[2], 2), "load_average": [round(v, 2) for v in os.getloadavg()]}
+
+
 def attention_shown_js() -> str:
     """A JavaScript predicate: the viewer shows a slide, has drawn its tiles and has its attention overlay on, with
     overlay tiles drawn (the overlay is the second item of the OpenSeadragon world)."""
@@ -105,7 +141,10 @@ def run(args: argparse.Namespace) -> int:
     from core.demo.firstrun import demo_pending, is_running, read_status
 
     if args.features:
-        write_json({"bench": "firstrun --features", **features_speed(args.repeat, args.batch_size)}, args.out)
+        res = features_speed(args.repeat, args.batch_size)
+        if args.reading is not None:
+            res["reading"] = reading_speed(args.reading)
+        write_json({"bench": "firstrun --features", **res}, args.out)
         return 0
     tmp = None
     if args.keep is None:
