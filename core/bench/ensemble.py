@@ -80,7 +80,8 @@ def extraction_cost(cohort: Any, backbone: Any, tta: str, n_slides: int = 3, rep
 
 
 def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str = "flips", tiny: bool = False,
-                   folds: int = 5, device: str = "auto", epochs: int | None = None) -> dict[str, Any]:
+                   folds: int = 5, device: str = "auto", epochs: int | None = None, foci: str = "large"
+                   ) -> dict[str, Any]:
     """Build, extract, train, ensemble and score; returns the figures."""
     from core.bench.cohorts import demo_cohort, extracted
     from core.model.backbones import create_backbone
@@ -90,9 +91,9 @@ def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str 
 
     work.mkdir(parents=True, exist_ok=True)
     backbone = create_backbone(device=device)
-    train = demo_cohort(work, train_seed, "large", tiny)
-    tests = {s: demo_cohort(work, s, "large", tiny) for s in test_seeds}
-    res: dict[str, Any] = {"train_seed": train_seed, "test_seeds": test_seeds, "tiny": tiny, "tta": tta,
+    train = demo_cohort(work, train_seed, foci, tiny)
+    tests = {s: demo_cohort(work, s, foci, tiny) for s in test_seeds}
+    res: dict[str, Any] = {"train_seed": train_seed, "test_seeds": test_seeds, "tiny": tiny, "tta": tta, "foci": foci,
                            "folds": folds, "device": backbone.device, "backbone": backbone.name,
                            "extract_seconds": {}, "train_seconds": {}, "rows": []}
     res["extraction_cost"] = extraction_cost(train, backbone, tta)
@@ -103,7 +104,7 @@ def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str 
         for s, c in tests.items():
             test_feats[s], secs = extracted(c, backbone, mode)
             res["extract_seconds"][f"seed{s}/{mode}"] = round(secs, 1)
-        models_dir = work / "ensemble" / f"models_{mode}-seed{train_seed}"
+        models_dir = work / "ensemble" / f"models_{foci}_{mode}-seed{train_seed}"
         versions, train_s = {}, {}
         for name in MODELS:
             t = time.perf_counter()
@@ -121,8 +122,8 @@ def bench_ensemble(work: Path, train_seed: int, test_seeds: list[int], tta: str 
             for s, c in tests.items():
                 truth = pd.read_csv(Path(c.root) / "truth" / "truth.csv", dtype={"image_id": str})
                 t = time.perf_counter()
-                preds = infer_features(loaded, test_feats[s], work / "ensemble" / "results" / mode / version / f"seed{s}",
-                                       force=True)
+                out = work / "ensemble" / "results" / foci / mode / version / f"seed{s}"
+                preds = infer_features(loaded, test_feats[s], out, force=True)
                 infer_s = time.perf_counter() - t
                 row = {"config": label, "tta": mode, "test_seed": s, "version": version,
                        **score(preds, truth, loaded.classes), "predict_seconds": round(infer_s, 2),
@@ -147,6 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-seed", type=int, default=20)
     p.add_argument("--test-seeds", default="21,22", help="comma-separated demo seeds never trained on")
     p.add_argument("--tta", choices=("flips", "dihedral"), default="flips")
+    p.add_argument("--foci", choices=("large", "small"), default="large", help="tumour regime of the demo cohorts")
     p.add_argument("--tiny", action="store_true", help="tiny demo cohorts (a quick check, not a measurement)")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default: per model)")
@@ -162,6 +164,6 @@ def run(args: argparse.Namespace) -> int:
 
         raise InputError("bench ensemble: the test seeds must differ from --train-seed")
     res = bench_ensemble(args.work, args.train_seed, seeds, args.tta, args.tiny, args.folds, args.device,
-                         args.epochs)
+                         args.epochs, args.foci)
     write_json({"benchmark": "ensemble", **res}, args.json)
     return 0
