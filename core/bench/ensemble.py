@@ -51,7 +51,7 @@ def score(preds: pd.DataFrame, truth: pd.DataFrame, classes: list[str]) -> dict[
 
 
 def extraction_cost(cohort: Any, backbone: Any, tta: str, n_slides: int = 3, repeat: int = 2) -> dict[str, Any]:
-    """Patches/s of plain and ``tta`` extraction on the same few slides, interleaved in one run (written to a
+    """Patches/s of plain and ``tta`` extraction on the same few whole slides, interleaved in one run (written to a
     scratch folder), and their ratio: what test-time augmentation costs at extraction."""
     import statistics
     import tempfile
@@ -60,7 +60,7 @@ def extraction_cost(cohort: Any, backbone: Any, tta: str, n_slides: int = 3, rep
 
     from core.model.features import extract_slide
 
-    ids = sorted(cohort.slide_paths)[:n_slides]
+    ids = ([i for i in sorted(cohort.slide_paths) if i.startswith("wsi")] or sorted(cohort.slide_paths))[:n_slides]
     speed: dict[str, list[float]] = {"none": [], tta: []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeat):
