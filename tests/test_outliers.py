@@ -133,3 +133,20 @@ def test_trained_model_flags_bags_of_another_tissue(tmp_path: Path) -> None:
         truth.append(k % 2)
     assert roc_auc_score(truth, scores) >= 0.9
     assert sum(is_outlier(s, loaded.meta) for s, t in zip(scores, truth, strict=True) if t) >= 5
+
+
+def test_ratio_threshold_keeps_a_minority_mode_that_median_mad_cuts_off() -> None:
+    """Tissue scores of a cohort with a minority of TMA cores: two modes (WSIs near 4.8, cores near 6.5) and the
+    outliers hidden in the training set near 9. Median/MAD drops the cores too and sets the threshold among them;
+    the ratio rule drops only what is over 1.5x the median."""
+    from core.model.outliers import MEDIAN_RATIO, ood_meta
+
+    rng = np.random.default_rng(0)
+    wsi, cores, hidden = rng.normal(4.8, 0.2, 40), rng.normal(6.5, 0.2, 10), rng.normal(9.0, 0.5, 4)
+    scores = np.concatenate([wsi, cores, hidden])
+    robust = ood_meta(scores, "patches", threshold_method="robust")
+    ratio = ood_meta(scores, "patches", threshold_method="ratio")
+    assert robust["n_excluded"] == 14 and robust["threshold"] < cores.max()
+    assert ratio["n_excluded"] == 4 and ratio["median_ratio"] == MEDIAN_RATIO
+    assert np.mean(cores > ratio["threshold"]) <= 0.2 and hidden.min() > ratio["threshold"]
+    assert ratio["file"] == "tissue_ood.safetensors" and ratio["threshold_rule"].endswith("1.5 x their median")

@@ -29,9 +29,10 @@ TARGETS = {"balanced_accuracy": 0.9, "attention_auroc": 0.85, "ood_auroc": 0.9}
 REPORTED = (*TARGETS, "ood_auroc_head_embedding")  # the head's own embedding, for comparison (no target)
 
 
-def score_predictions(preds: pd.DataFrame, attention_dir: Path, cohort_root: Path, classes: list[str]
-                      ) -> dict[str, Any]:
-    """Balanced accuracy, attention AUROC and outlier AUROC of predictions on a demo cohort, against its truth."""
+def score_predictions(preds: pd.DataFrame, attention_dir: Path, cohort_root: Path, classes: list[str],
+                      ood_threshold: float | None = None) -> dict[str, Any]:
+    """Balanced accuracy, attention AUROC and outlier AUROC of predictions on a demo cohort, against its truth (and,
+    given the model's threshold, the outliers it flags and the other slides it flags too)."""
     truth = pd.read_csv(Path(cohort_root) / "truth" / "truth.csv", dtype={"image_id": str})
     tr = truth.set_index("image_id")
     p = preds.assign(image_id=preds["image_id"].astype(str)).join(tr, on="image_id")
@@ -41,7 +42,12 @@ def score_predictions(preds: pd.DataFrame, attention_dir: Path, cohort_root: Pat
                                                       4)}
     y = p["is_outlier"].to_numpy(int)
     if 0 < y.sum() < len(y):
-        out["ood_auroc"] = round(float(roc_auc_score(y, p["ood_score"].to_numpy(float))), 4)
+        score = p["ood_score"].to_numpy(float)
+        out["ood_auroc"] = round(float(roc_auc_score(y, score)), 4)
+        if ood_threshold is not None:
+            over = score > float(ood_threshold)
+            out["ood_caught"] = f"{int((over & (y == 1)).sum())}/{int(y.sum())}"
+            out["ood_false_flags"] = f"{int((over & (y == 0)).sum())}/{int((y == 0).sum())}"
     items = []
     for image_id, row in inl.set_index("image_id").iterrows():
         att_path = attention_dir / f"{image_id}.h5"
@@ -119,13 +125,14 @@ def run_matrix(work: Path = DEFAULT_WORK, heads: tuple[str, ...] = HEADS, regime
                        "oof_balanced_accuracy_train": round(float(meta["metrics"]["oof_balanced_accuracy"]), 4),
                        "health_ok": (meta.get("health") or {}).get("ok", True),
                        **score_predictions(preds, res_dir / "attention", Path(cohorts[s_test].root),
-                                           list(meta["classes"])),
+                                           list(meta["classes"]), (meta.get("ood") or {}).get("threshold")),
                        "ood_auroc_head_embedding": embedding_ood_auroc(loaded, feats[s_train], train.labels,
                                                                        feats[s_test], Path(cohorts[s_test].root))}
                 rows.append(row)
                 print(f"{head:>8} {regime:>5} train seed {s_train} -> test seed {s_test}: "
                       f"BA {row['balanced_accuracy']:.3f}  attention AUROC {row['attention_auroc']}  "
-                      f"outlier AUROC {row.get('ood_auroc')} (head embedding {row['ood_auroc_head_embedding']})  "
+                      f"outlier AUROC {row.get('ood_auroc')} (head embedding {row['ood_auroc_head_embedding']}; "
+                      f"flags {row.get('ood_caught')} outliers, {row.get('ood_false_flags')} others)  "
                       f"({train_s:.0f} s)", flush=True)
     return {"work": str(work), "seeds": list(seeds), "regimes": list(regimes), "heads": list(heads), "folds": folds,
             "targets": TARGETS, "rows": rows, "summary": summarise(rows)}

@@ -319,7 +319,8 @@ def _train(features_dir: str | Path, labels_csv: str | Path, model: str, out_dir
                     "oof_accuracy": float(np.mean(oof_pred == y)), "n_slides": len(ids), "n_folds": k,
                     "class_counts": {c: int((y == i).sum()) for i, c in enumerate(classes)},
                     "train_seconds": round(time.time() - t0, 1)},
-        "ood": outliers.ood_meta(oof_ood, s.ood_method, s.target_fpr),
+        "ood": outliers.ood_meta(oof_ood, s.ood_method, s.target_fpr,
+                                 threshold_method="ratio" if s.ood_method == tissue_ood.METHOD else "robust"),
         # did it learn anything? (near-chance, nearly uniform or one-class predictions: core/model/health.py)
         "health": health.assess(y, oof_probs, out_all.probs, classes),
         "skipped_no_features": missing,
