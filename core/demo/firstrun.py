@@ -24,9 +24,10 @@ from core.cohort.cohort_file import Cohort, load_cohort
 QUICK_STAGES = ("demo", "features", "train", "infer", "database")  # until the app opens
 BACKGROUND_STAGES = ("more", "final")  # the rest of the slides, then the model on all of them
 STAGES = QUICK_STAGES + BACKGROUND_STAGES
-# rough seconds per stage on an idle 2-core CPU; scaled by the speed measured on this machine as the build goes
-ESTIMATE_S = {"demo": 12.0, "features": 25.0, "train": 6.0, "infer": 2.0, "database": 2.0, "more": 240.0,
-              "final": 45.0}
+# seconds per stage on an idle 2-core CPU (bench firstrun, README); scaled by the speed measured on this machine as
+# the build goes
+ESTIMATE_S = {"demo": 8.0, "features": 12.0, "train": 2.5, "infer": 0.5, "database": 0.5, "more": 140.0,
+              "final": 36.0}
 TINY_ESTIMATE_S = {"demo": 4.0, "features": 10.0, "train": 5.0, "infer": 1.0, "database": 1.0, "more": 25.0,
                    "final": 12.0}
 LABELS = {"demo": "Demo slides", "features": "Patch features", "train": "Train the MIL model",
