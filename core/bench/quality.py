@@ -61,7 +61,9 @@ def attention_auroc(items: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any
             "pooled": round(float(roc_auc_score(np.concatenate(ys), np.concatenate(ss))), 4), "n_slides": len(per)}
 
 
-def _attention_column(att: np.ndarray, classes: list[str], label: str) -> np.ndarray:
+def attention_column(att: np.ndarray, classes: list[str], label: str) -> np.ndarray:
+    """A slide's attention for scoring: itself when ``[N]``; the column of ``label`` when per class (``[N, C]``),
+    else the maximum over the classes."""
     if att.ndim == 1:
         return att
     return att[:, classes.index(label)] if label in classes else att.max(axis=1)
@@ -129,9 +131,9 @@ def evaluate(cohort: Any, model_dir: Path, truth: pd.DataFrame, masks_dir: Path)
             mask = np.asarray(Image.open(mask_path).convert("L"))
             coords, att, attrs = read_attention(res_dir / f"{image_id}.h5")
             tumour = tumour_patches(mask, float(row["mask_downsample"]), coords, int(attrs["patch_size_level0"]))
-            final.append((tumour, _attention_column(att, classes, row["true_label"])))
+            final.append((tumour, attention_column(att, classes, row["true_label"])))
             if f is not None and image_id in f:
-                held.append((tumour, _attention_column(f[image_id]["attention"][()], classes, row["true_label"])))
+                held.append((tumour, attention_column(f[image_id]["attention"][()], classes, row["true_label"])))
     out["attention_auroc_oof"] = attention_auroc(held)
     out["attention_auroc_final"] = attention_auroc(final)
     labels = pd.read_csv(cohort.labels, dtype={"image_id": str, "label": str}, keep_default_na=False)

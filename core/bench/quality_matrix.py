@@ -22,7 +22,7 @@ from PIL import Image
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
 from core.bench.cohorts import DEFAULT_WORK, demo_cohort, extracted
-from core.bench.quality import _attention_column, attention_auroc, tumour_patches
+from core.bench.quality import attention_auroc, attention_column, tumour_patches
 
 HEADS = ("abmil", "transmil", "dsmil")
 TARGETS = {"balanced_accuracy": 0.9, "attention_auroc": 0.85, "ood_auroc": 0.9}
@@ -59,7 +59,7 @@ def score_predictions(preds: pd.DataFrame, attention_dir: Path, cohort_root: Pat
             size0 = int(f.attrs["patch_size_level0"])
         mask = np.asarray(Image.open(mask_path).convert("L"))
         tumour = tumour_patches(mask, float(row["mask_downsample"]), coords, size0)
-        items.append((tumour, _attention_column(att, classes, str(row["true_label"]))))
+        items.append((tumour, attention_column(att, classes, str(row["true_label"]))))
     auroc = attention_auroc(items)
     out["attention_auroc"] = auroc["mean"]
     out["attention_auroc_detail"] = auroc
