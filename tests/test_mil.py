@@ -154,3 +154,31 @@ def test_transmil_first_mode_does_not_favour_patches_repeated_as_fillers() -> No
     x = torch.randn(1, D).repeat(18, 1)
     att = model(x).attention.detach()
     torch.testing.assert_close(att[:7], att[7:14], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 7, 257])
+def test_transmil_gated_pooling_weighs_each_real_patch_once(n: int) -> None:
+    """Gated pooling: one weight per real patch (the PPEG fillers left out), summing to 1, and the slide embedding
+    is the weighted mean of the patch tokens (so the attention shown is what the prediction used)."""
+    torch.manual_seed(7)
+    model = create_model("transmil", D, C, hidden=64, pooling="gated").eval()
+    tokens = []
+    norm = model.norm.forward
+    model.norm.forward = lambda h: tokens.append(norm(h)) or tokens[-1]  # type: ignore[method-assign]
+    out = model(torch.randn(n, D))
+    assert out.attention.shape == (n,)
+    assert float(out.attention.detach().min()) > 0
+    torch.testing.assert_close(out.attention.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(out.embedding, out.attention @ tokens[0][0, 1:1 + n])
+    torch.testing.assert_close(out.logits, model.fc2(out.embedding))
+
+
+def test_transmil_pooling_defaults_to_cls_for_saved_models_and_rejects_unknown() -> None:
+    """A model.json from before the option (no ``pooling``) still builds the CLS model its weights fit."""
+    cls_model = create_model("transmil", D, C, hidden=64)
+    assert cls_model.pooling == "cls" and not any(k.startswith("pool_") for k in cls_model.state_dict())
+    gated = create_model("transmil", D, C, hidden=64, pooling="gated")
+    with pytest.raises(RuntimeError, match="pool_"):
+        cls_model.load_state_dict(gated.state_dict())
+    with pytest.raises(ValueError, match="pooling 'mean'"):
+        create_model("transmil", D, C, hidden=64, pooling="mean")
