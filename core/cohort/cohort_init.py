@@ -11,11 +11,11 @@ bulk with ``python -m core convert``.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.atomic import write_text_atomic
 from core.cohort.cohort_file import Cohort, cohort_from_dict
 from core.cohort.labels import read_labels, sizes_from_labels
 from core.errors import InputError, SlideLensError
@@ -167,13 +167,5 @@ def init_cohort(out: Path, slides: Path, labels: Path | None = None, *, name: st
     if default_mpp is not None:
         data["default_mpp"] = default_mpp
     cohort = cohort_from_dict(data, root, source=out.resolve())
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".toml.part", dir=root)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(cohort.to_toml())
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(out, cohort.to_toml())
     return rep, cohort

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from core.atomic import write_json_atomic
 from core.cohort.cohort_file import Cohort, load_cohort
 
 QUICK_STAGES = ("demo", "features", "train", "infer", "database")  # until the app opens
@@ -134,12 +134,7 @@ def is_running(status: FirstRunStatus | None) -> bool:
 
 def _write_status(cohort_dir: Path, status: FirstRunStatus) -> None:
     status.updated = time.time()
-    p = progress_path(cohort_dir)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".part", dir=p.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(asdict(status), fh)
-    os.replace(tmp, p)
+    write_json_atomic(progress_path(cohort_dir), asdict(status), indent=None)
 
 
 def demo_missing(cohort_dir: Path) -> list[str]:

@@ -14,13 +14,13 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from core.atomic import atomic_path
 from core.demo.draw import DrawnSlide, draw_slide
 from core.demo.plan import LABEL_COLUMNS, OUTLIER_LABEL, PLAN_JSON, TRUTH_COLUMNS, PlannedSlide, label_row, plan_cohort
 from core.demo.plan import truth_row as _truth_row
@@ -90,17 +90,10 @@ def _rewrite_csv(path: Path, header: Sequence[str], add: Sequence[Sequence[objec
             rows = {r[0]: r for r in reader if r}
     for r in add:
         rows[str(r[0])] = [str(v) for v in r]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            w = csv.writer(fh, lineterminator="\n")
-            w.writerow(header)
-            w.writerows(rows[k] for k in sorted(rows))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows[k] for k in sorted(rows))
 
 
 def add_slides(cohort_dir: Path, extract: Callable[[Path, Path, PlannedSlide, Progress], None],

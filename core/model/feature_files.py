@@ -10,8 +10,6 @@ level-0 top-left x,y) and attributes ``patch_size_level0``, ``mpp``, ``backbone`
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from core.atomic import atomic_path
 from core.errors import InputError
 from core.model.tta import feature_identity
 
@@ -278,32 +277,24 @@ def write_features(path: str | Path, bag: FeatureBag, extra_attrs: dict[str, Any
     coords = np.asarray(bag.coords, dtype=np.int64).reshape(-1, 2)
     if features.ndim != 2 or features.shape[0] != coords.shape[0]:
         raise InputError(f"{path}: features {features.shape} and coords {coords.shape} do not match")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("features", data=features)
-            f.create_dataset("coords", data=coords)
-            attrs = dict(bag.attrs)
-            attrs.update(extra_attrs or {})
-            attrs["feature_dim"] = int(features.shape[1])
-            if bag.patch_size_level0 is not None:
-                attrs["patch_size_level0"] = int(bag.patch_size_level0)
-            if bag.mpp is not None:
-                attrs["mpp"] = float(bag.mpp)
-            if bag.backbone is not None:
-                attrs["backbone"] = str(bag.backbone)
-            for k, v in attrs.items():
-                if v is not None:
-                    f.attrs[k] = v
-            if bag.patch_size_level0 is not None:  # also where CLAM/TRIDENT readers look
-                f["coords"].attrs["patch_size_level0"] = int(bag.patch_size_level0)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a features file is ordinary shared data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # the temp name ``.<id>.XXXX.h5.tmp`` is what core/model/ray_runner.py looks for after a killed task
+    with atomic_path(path, suffix=".h5.tmp", prefix=f".{path.stem}.") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=features)
+        f.create_dataset("coords", data=coords)
+        attrs = dict(bag.attrs)
+        attrs.update(extra_attrs or {})
+        attrs["feature_dim"] = int(features.shape[1])
+        if bag.patch_size_level0 is not None:
+            attrs["patch_size_level0"] = int(bag.patch_size_level0)
+        if bag.mpp is not None:
+            attrs["mpp"] = float(bag.mpp)
+        if bag.backbone is not None:
+            attrs["backbone"] = str(bag.backbone)
+        for k, v in attrs.items():
+            if v is not None:
+                f.attrs[k] = v
+        if bag.patch_size_level0 is not None:  # also where CLAM/TRIDENT readers look
+            f["coords"].attrs["patch_size_level0"] = int(bag.patch_size_level0)
     return path
 
 

@@ -8,8 +8,6 @@ changed since), and every file is written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.atomic import atomic_path
 from core.errors import InputError
 from core.model import outliers, tissue_ood
 from core.model import versions as mfolders
@@ -170,22 +169,14 @@ def mc_dropout_probs(model: MILModel, x: torch.Tensor, samples: int, seed: int =
 def write_attention(path: Path, coords: np.ndarray, result: SlideResult, loaded: LoadedModel,
                     patch_size_level0: int | None) -> None:
     """Write ``attention/<image_id>.h5`` (coords, attention; attrs model_version, patch_size_level0, classes)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".h5.tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64))
-            f.create_dataset("attention", data=result.attention.astype(np.float32))
-            f.attrs["model_version"] = loaded.version
-            f.attrs["patch_size_level0"] = int(patch_size_level0 or 0)
-            f.attrs["classes"] = json.dumps(loaded.classes)
-            f.attrs["pred"] = result.pred
-            f.attrs["ood_score"] = result.ood_score
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".h5.tmp", prefix=f".{path.stem}.") as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("coords", data=np.asarray(coords, dtype=np.int64))
+        f.create_dataset("attention", data=result.attention.astype(np.float32))
+        f.attrs["model_version"] = loaded.version
+        f.attrs["patch_size_level0"] = int(patch_size_level0 or 0)
+        f.attrs["classes"] = json.dumps(loaded.classes)
+        f.attrs["pred"] = result.pred
+        f.attrs["ood_score"] = result.ood_score
 
 
 def read_attention(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -200,15 +191,8 @@ def read_attention(path: str | Path) -> tuple[np.ndarray, np.ndarray, dict[str, 
 
 
 def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:

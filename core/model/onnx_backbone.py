@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -68,20 +67,15 @@ def export(backbone: Any, size: tuple[int, int]) -> Path:
     path = export_path(backbone, size)
     if path.is_file():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        import warnings
+    import warnings
 
-        dummy = torch.zeros((2, 3, *size))
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript exporter
-            torch.onnx.export(backbone.module, (dummy,), tmp, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    from core.atomic import atomic_path
+
+    dummy = torch.zeros((2, 3, *size))
+    with atomic_path(path, prefix=f".{path.stem}.") as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings about the TorchScript exporter
+        torch.onnx.export(backbone.module, (dummy,), str(tmp), input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17, dynamo=False)
     return path
 
 

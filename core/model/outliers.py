@@ -155,20 +155,12 @@ def display_label(pred: str, score: float, model_meta: dict[str, Any]) -> str:
 
 def save_reference(ref: OODReference, path: str | Path) -> None:
     """Write the reference arrays as safetensors (atomically)."""
-    import os
-    import tempfile
-
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(ref.to_arrays(), tmp, metadata={"method": ref.method})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file(ref.to_arrays(), str(tmp), metadata={"method": ref.method})
 
 
 def load_reference(path: str | Path) -> OODReference:

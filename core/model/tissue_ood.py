@@ -16,8 +16,6 @@ distance of mean slide features.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,17 +101,12 @@ def save_reference(ref: TissueReference, path: str | Path) -> None:
     """Write the reference as safetensors (atomically)."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        arrays = {"mean": ref.mean, "components": ref.components, "bank": ref.bank}
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, tmp,
+    from core.atomic import atomic_path
+
+    arrays = {"mean": ref.mean, "components": ref.components, "bank": ref.bank}
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, str(tmp),
                   metadata={"method": METHOD, "m": str(ref.m)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_reference(path: str | Path) -> TissueReference:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -21,6 +20,7 @@ import h5py
 import numpy as np
 import torch
 
+from core.atomic import atomic_path
 from core.errors import InputError
 from core.model.feature_files import read_feature_coords, read_feature_info, read_feature_rows
 from core.model.mil import MILModel
@@ -211,15 +211,8 @@ def predict_bags(model: MILModel, bags: list[Bag], device: str) -> BagOutputs:
 def write_oof_attention(path: Path, bags: list[Bag], attention: dict[str, np.ndarray]) -> None:
     """One HDF5 file with a group per slide (``coords``, ``attention``) for the out-of-fold attention."""
     by_id = {b.image_id: b for b in bags}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for image_id, att in attention.items():
-                g = f.create_group(image_id)
-                g.create_dataset("coords", data=by_id[image_id].coords)
-                g.create_dataset("attention", data=att.astype(np.float32))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for image_id, att in attention.items():
+            g = f.create_group(image_id)
+            g.create_dataset("coords", data=by_id[image_id].coords)
+            g.create_dataset("attention", data=att.astype(np.float32))

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from core import atomic
 from core.errors import InputError
 from core.model.health import health_warnings, is_healthy
 
@@ -217,16 +218,8 @@ def publish(staging: Path, models_dir: str | Path, model: str) -> Path:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON to ``path`` through a temp file and ``os.replace`` (arrays and paths as lists and strings)."""
+    atomic.write_json_atomic(path, data, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from core.atomic import write_bytes_atomic
 from core.cohort.cohort_file import Cohort
 from core.review.store import OTHER, Store, now_iso
 
@@ -57,18 +56,6 @@ def manifest_path_for(out: str | Path) -> Path:
     """``labels_v2.csv`` -> ``labels_v2.manifest.json``."""
     out = Path(out)
     return out.with_name(out.stem + ".manifest.json")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def export_table(cohort: Cohort | None, store: Store) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -125,8 +112,8 @@ def export_labels(cohort: Cohort | None, store: Store, out: str | Path,
     manifest["labels_file"] = str(out)
     manifest["labels_sha256"] = hashlib.sha256(data).hexdigest()
     mpath = manifest_path_for(out)
-    _atomic_write(out, data)
-    _atomic_write(mpath, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_bytes_atomic(out, data)
+    write_bytes_atomic(mpath, (json.dumps(manifest, indent=2) + "\n").encode())
     if progress:
         progress(1.0, "done")
     return ExportResult(out, mpath, len(df), manifest["excluded"], manifest["outliers"], manifest["changed_labels"],
