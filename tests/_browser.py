@@ -86,3 +86,24 @@ def save_screenshot(page, name: str, doc: bool = False, full_page: bool = False)
         dst = DOC_SCREENSHOTS / f"{name}.png"
         Image.open(path).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(dst, optimize=True)
     return path
+
+
+def choose_option(page, opener, name: str, tries: int = 3) -> None:  # noqa: ANN001 - playwright Page and Locator
+    """Open a Streamlit selectbox (``opener``: a selector or locator) and click its option ``name``. A rerun that
+    lands just after the click re-renders the box and closes its list, so the click is retried (up to ``tries``)
+    until the option shows; the last failure is raised."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    box = page.locator(opener) if isinstance(opener, str) else opener
+    option = page.get_by_role("option", name=name, exact=True)
+    for attempt in range(tries):
+        box.click()
+        try:
+            option.wait_for(state="visible", timeout=10_000)
+        except PlaywrightTimeout:
+            if attempt == tries - 1:
+                raise
+            page.keyboard.press("Escape")
+            continue
+        option.click()
+        return

@@ -11,7 +11,7 @@ import secrets
 import _browser
 import httpx
 import pytest
-from _browser import CHROMIUM_ARGS, running_app, save_screenshot
+from _browser import CHROMIUM_ARGS, choose_option, running_app, save_screenshot
 from _review_data import make_review_cohort
 
 from core.cohort.cohort_file import load_cohort
@@ -97,8 +97,7 @@ def _relabel(page, url: str, slide: str, label: str) -> None:  # noqa: ANN001 - 
 
     page.goto(f"{url}/review?slide={slide}", wait_until="domcontentloaded")
     expect(page.locator(f".st-key-rv_{slide}_reason input")).to_be_visible(timeout=60_000)
-    page.locator(f".st-key-rv_{slide}_1_new_label").click()
-    page.get_by_role("option", name=label, exact=True).click()
+    choose_option(page, f".st-key-rv_{slide}_1_new_label", label)
     reason = page.locator(f".st-key-rv_{slide}_reason input")
     reason.fill("signed-in edit")
     reason.press("Enter")
@@ -154,8 +153,7 @@ def test_blind_second_read(env, browser) -> None:  # noqa: ANN001
     expect(page.get_by_text("s06 · blind second read")).to_be_visible(timeout=60_000)
     expect(page.get_by_text("first label is hidden")).to_be_visible()
     assert page.get_by_text("first read", exact=True).count() == 0
-    page.locator(".st-key-blind_s06_label").click()
-    page.get_by_role("option", name="tumor", exact=True).click()
+    choose_option(page, ".st-key-blind_s06_label", "tumor")
     page.get_by_role("button", name="Submit second read").click()
     expect(page.get_by_text(_email_text("the first read was 'normal' by alice@lab.org"))).to_be_visible(
         timeout=30_000)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._browser import browser_page, running_app, save_screenshot
+from tests._browser import browser_page, choose_option, running_app, save_screenshot
 from tests._present_data import build_deck, build_present_cohort
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -120,8 +120,7 @@ def test_build_a_deck_from_the_error_analysis(tmp_path: Path) -> None:
         add = page.get_by_role("button", name=re.compile(r"Add these 1 to a deck"))
         add.wait_for(timeout=60_000)
         add.click()
-        page.get_by_label("Deck", exact=True).click()
-        page.get_by_role("option", name="New deck…").click()
+        choose_option(page, page.get_by_label("Deck", exact=True), "New deck…")
         page.get_by_label("New deck's name").fill("Errors for the board")
         page.get_by_role("button", name="Add", exact=True).click()
         page.get_by_text("Added 1 slide(s) to 'Errors for the board'", exact=False).wait_for(timeout=30_000)

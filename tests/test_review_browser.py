@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from _browser import CHROMIUM_ARGS, running_app, save_screenshot
+from _browser import CHROMIUM_ARGS, choose_option, running_app, save_screenshot
 from _review_data import make_review_cohort
 
 from core.cohort.cohort_file import load_cohort
@@ -72,8 +72,7 @@ def test_relabel_reload_shows_label_and_audit_row(server: tuple[str, Path], page
 
     url, toml = server
     _open(page, url, "s01")
-    page.locator(".st-key-rv_s01_1_new_label").click()
-    page.get_by_role("option", name="tumor", exact=True).click()
+    choose_option(page, ".st-key-rv_s01_1_new_label", "tumor")
     reason = page.locator(".st-key-rv_s01_reason input")
     reason.fill("tumour cells throughout")
     reason.press("Enter")  # Enter saves the label chosen
@@ -133,8 +132,7 @@ def test_keyboard_saves_only_changes_undoes_and_keeps_typed_text(server: tuple[s
     assert store.history("s03")[-1].reason == "import" and store.state("s03").updated_by == "import"
     expect(_heading(page, "s03")).to_be_visible()
     # relabel with the keyboard, then Alt+Z puts the old label back: both rows stay in the audit log
-    page.locator(".st-key-rv_s03_1_new_label").click()
-    page.get_by_role("option", name="normal", exact=True).click()
+    choose_option(page, ".st-key-rv_s03_1_new_label", "normal")
     reason.fill("glands look benign")
     reason.press("Enter")
     expect(page.get_by_text("s03: saved label = 'normal'")).to_be_visible(timeout=30_000)
@@ -153,8 +151,7 @@ def test_keyboard_saves_only_changes_undoes_and_keeps_typed_text(server: tuple[s
     reason.press_sequentially("half a thought")  # typed, not committed: no Enter, no blur
     page.keyboard.press("Alt+n")
     expect(page.locator(".st-key-rv_s03_reason input")).to_have_count(0, timeout=30_000)
-    page.locator(".st-key-rv_slide").click()
-    page.get_by_role("option", name="s03", exact=True).click()
+    choose_option(page, ".st-key-rv_slide", "s03")
     expect(page.locator(".st-key-rv_s03_reason input")).to_have_value("half a thought", timeout=30_000)
     assert len([r for r in _store(toml).history("s03") if r.reason != "import"]) == 2
 
