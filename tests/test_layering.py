@@ -1,7 +1,8 @@
 """The layering rule of ``core/`` (docs/ARCHITECTURE.md): a stage imports only itself and the stages below it.
 
 Every import counts: module-level, inside functions (lazy), under ``TYPE_CHECKING``, relative, and
-``importlib.import_module`` with a literal name. ``core/errors.py`` and ``core/atomic.py`` are the leaves every stage may import.
+``importlib.import_module`` with a literal name. ``core/errors.py`` and ``core/atomic.py`` are the leaves every
+stage may import.
 """
 
 from __future__ import annotations

@@ -10,9 +10,10 @@
 
 With ``pooling="cls"``, attention per patch comes from the CLS row of the Nystrom attention, computed from the same
 forward pass (never a second run) and never as a full ``n x n`` matrix: NystromAttention pads the sequence at the
-FRONT to a multiple of its landmark count, and PPEG needs a square token grid (filled by repeating the first tokens at the end), so only
-the columns of the patch tokens are kept (``[pad + 1, pad + 1 + N)``) and each patch gets the mean of its own and
-its filler copies' weights (a sum would double the repeated patches and bias the ranking towards them).
+FRONT to a multiple of its landmark count, and PPEG needs a square token grid (filled by repeating the first tokens
+at the end), so only the columns of the patch tokens are kept (``[pad + 1, pad + 1 + N)``) and each patch gets the
+mean of its own and its filler copies' weights (a sum would double the repeated patches and bias the ranking towards
+them).
 ``attention_mode`` picks which layers form it:
 
 - ``"last"``: the CLS row of the last layer (heads averaged);
