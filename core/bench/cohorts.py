@@ -52,3 +52,32 @@ def extracted(cohort: Any, backbone: Any, tta: str = "none", progress: Any = Non
     if report.failed:
         raise RuntimeError(f"{cohort.root}: extraction failed for {report.failed}")
     return out, time.perf_counter() - t
+
+
+def extraction_speed(cohort: Any, backbone: Any, variants: dict[str, dict[str, Any]], n_slides: int = 3,
+                     repeat: int = 2) -> tuple[list[str], dict[str, float]]:
+    """End-to-end patches/s of ``extract_slide`` (tiling, reading, backbone, writing to a scratch folder) on the
+    first ``n_slides`` WSIs of ``cohort`` (any slides when it has none), for each variant of its keyword arguments
+    (``{"flips": {"tta": "flips"}, ...}``), interleaved ``repeat`` times; returns (slide ids, median per variant)."""
+    import statistics
+    import tempfile
+
+    from core.model.feature_files import read_feature_info
+    from core.model.features import extract_slide
+
+    ids = ([i for i in sorted(cohort.slide_paths) if i.startswith("wsi")] or sorted(cohort.slide_paths))[:n_slides]
+    mpps = dict(cohort.slide_mpps)
+    speed: dict[str, list[float]] = {name: [] for name in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeat):
+            for name, kwargs in variants.items():
+                n, t = 0, time.perf_counter()
+                for image_id in ids:
+                    out = extract_slide(cohort.slide_paths[image_id], Path(tmp) / f"{name}-{image_id}.h5", backbone,
+                                        patch_size=cohort.patch_size, target_mpp=cohort.target_mpp,
+                                        min_tissue=cohort.min_tissue, mpp=mpps.get(image_id),
+                                        default_mpp=cohort.default_mpp, cache_dir=cohort.cache_dir, **kwargs)
+                    n += read_feature_info(out).n
+                speed[name].append(n / (time.perf_counter() - t))
+    return ids, {name: statistics.median(v) for name, v in speed.items()}
+

@@ -53,28 +53,9 @@ def score(preds: pd.DataFrame, truth: pd.DataFrame, classes: list[str]) -> dict[
 def extraction_cost(cohort: Any, backbone: Any, tta: str, n_slides: int = 3, repeat: int = 2) -> dict[str, Any]:
     """Patches/s of plain and ``tta`` extraction on the same few whole slides, interleaved in one run (written to a
     scratch folder), and their ratio: what test-time augmentation costs at extraction."""
-    import statistics
-    import tempfile
+    from core.bench.cohorts import extraction_speed
 
-    import h5py
-
-    from core.model.features import extract_slide
-
-    ids = ([i for i in sorted(cohort.slide_paths) if i.startswith("wsi")] or sorted(cohort.slide_paths))[:n_slides]
-    speed: dict[str, list[float]] = {"none": [], tta: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(repeat):
-            for mode in speed:
-                n, t = 0, time.perf_counter()
-                for image_id in ids:
-                    out = extract_slide(cohort.slide_paths[image_id], Path(tmp) / f"{mode}-{image_id}.h5", backbone,
-                                        patch_size=cohort.patch_size, target_mpp=cohort.target_mpp,
-                                        min_tissue=cohort.min_tissue, mpp=dict(cohort.slide_mpps).get(image_id),
-                                        default_mpp=cohort.default_mpp, cache_dir=cohort.cache_dir, tta=mode)
-                    with h5py.File(out, "r") as f:
-                        n += int(f["features"].shape[0])
-                speed[mode].append(n / (time.perf_counter() - t))
-    med = {m: statistics.median(v) for m, v in speed.items()}
+    ids, med = extraction_speed(cohort, backbone, {"none": {"tta": "none"}, tta: {"tta": tta}}, n_slides, repeat)
     return {"slides": ids, "repeat": repeat, "patches_per_s": {m: round(v, 2) for m, v in med.items()},
             "tta_cost_ratio": round(med["none"] / med[tta], 2)}
 

@@ -83,34 +83,17 @@ def features_speed(repeat: int = 5, batch_size: int = 64) -> dict[str, Any]:
 def reading_speed(cohort_path: Path, repeat: int = 2, n_slides: int = 4) -> dict[str, Any]:
     """End-to-end patches/s of extraction (tiling, reading, backbone, writing) on ``n_slides`` WSIs of a cohort with
     patches read by two DataLoader workers against in-process, alternately, into a scratch folder; medians."""
-    import statistics
-
-    import h5py
-
+    from core.bench.cohorts import extraction_speed
     from core.cohort.cohort_file import load_cohort
     from core.model.backbones import create_backbone
-    from core.model.features import extract_slide
 
     cohort = load_cohort(cohort_path / "cohort.toml" if cohort_path.is_dir() else cohort_path)
-    ids = [i for i in sorted(cohort.slide_paths) if i.startswith("wsi")][:n_slides] or sorted(cohort.slide_paths)[:n_slides]
-    backbone = create_backbone(device="cpu")
-    speed: dict[int, list[float]] = {2: [], 0: []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(repeat):
-            for workers in speed:
-                n, t = 0, time.perf_counter()
-                for image_id in ids:
-                    out = extract_slide(cohort.slide_paths[image_id], Path(tmp) / f"{workers}-{image_id}.h5", backbone,
-                                        patch_size=cohort.patch_size, target_mpp=cohort.target_mpp,
-                                        min_tissue=cohort.min_tissue, default_mpp=cohort.default_mpp,
-                                        cache_dir=cohort.cache_dir, num_workers=workers)
-                    with h5py.File(out, "r") as f:
-                        n += int(f["features"].shape[0])
-                speed[workers].append(n / (time.perf_counter() - t))
-    med = {w: statistics.median(v) for w, v in speed.items()}
+    variants = {"two reading workers": {"num_workers": 2}, "in-process": {"num_workers": 0}}
+    ids, med = extraction_speed(cohort, create_backbone(device="cpu"), variants, n_slides, repeat)
     return {"slides": ids, "repeat": repeat, "cpus": os.cpu_count(),
-            "patches_per_s": {"two reading workers": round(med[2], 2), "in-process": round(med[0], 2)},
-            "ratio_in_process": round(med[0] / med[2], 2), "load_average": [round(v, 2) for v in os.getloadavg()]}
+            "patches_per_s": {k: round(v, 2) for k, v in med.items()},
+            "ratio_in_process": round(med["in-process"] / med["two reading workers"], 2),
+            "load_average": [round(v, 2) for v in os.getloadavg()]}
 
 
 def attention_shown_js() -> str:
