@@ -17,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 
 from core.errors import InputError
+from core.model import tissue_ood
+from core.model.versions import OOD_FILE, TISSUE_OOD_FILE
 
 Method = Literal["mahalanobis", "energy", "msp"]
 OTHER_LABEL = "Other?"
@@ -26,7 +28,7 @@ MAD_TO_SD = 1.4826  # MAD of a normal sample x this = its standard deviation
 ThresholdMethod = Literal["robust", "percentile", "ratio"]
 # "ratio": a training score over this many times the median is taken as an outlier hidden in the training set before
 # the percentile (the tissue score, core/model/tissue_ood.py: a minority of TMA cores forms a second mode that the
-# median/MAD rule cut off as outliers, flagging 10-13 of 50 held-out slides; this rule flagged 0-4, all outliers caught
+# median/MAD rule cut off as outliers, flagging 10-13 of 50 held-out slides; this rule flagged 0-6, all outliers caught
 # but one, on demo seeds 10-22)
 MEDIAN_RATIO = 1.5
 
@@ -138,7 +140,7 @@ def ood_meta(in_scores: np.ndarray, method: str, target_fpr: float = DEFAULT_FPR
     return {"method": method, "threshold": thr, "target_fpr": target_fpr, **how,
             "train_fpr": float(np.mean(s > thr)), "n_train": int(s.size),
             "train_median": float(np.median(s)),
-            "file": {"mahalanobis": "ood.safetensors", "patches": "tissue_ood.safetensors"}.get(method)}
+            "file": {"mahalanobis": OOD_FILE, tissue_ood.METHOD: TISSUE_OOD_FILE}.get(method)}
 
 
 def is_outlier(score: float, model_meta: dict[str, Any]) -> bool:
